@@ -1,0 +1,93 @@
+//! The admin HTTP API and `/metrics`, on their own (loopback) listener.
+//!
+//! Reads are open; mutating calls require `Authorization: Bearer TOKEN`
+//! when `STRANGLER_ADMIN_TOKEN` is set.
+
+mod routes_json;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::body::{full, ProxyBody};
+use crate::metrics::Metrics;
+use crate::reload::{ReloadOutcome, Reloader};
+
+#[derive(Clone)]
+pub struct AdminService {
+    metrics: Metrics,
+    reloader: Arc<Reloader>,
+    token: Option<Arc<str>>,
+}
+
+impl AdminService {
+    pub fn new(metrics: Metrics, reloader: Arc<Reloader>) -> Self {
+        let token = std::env::var("STRANGLER_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()).map(Into::into);
+        AdminService { metrics, reloader, token }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let path = req.uri().path();
+        let is_mutation = req.method() == Method::POST;
+        if is_mutation && !self.is_authorized(&req) {
+            return json(StatusCode::UNAUTHORIZED, &serde_json::json!({"error": "unauthorized"}));
+        }
+        match (req.method(), path) {
+            (&Method::GET, "/metrics") => text(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.encode()),
+            (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
+            // A snapshot is always loaded once the listener is up: start
+            // refuses an invalid routes directory, and a failed reload keeps
+            // the old snapshot.
+            (&Method::GET, "/readyz") => text(StatusCode::OK, "text/plain", "ready\n".into()),
+            (&Method::GET, "/api/routes") => {
+                let snapshot = self.reloader.table().load_full();
+                json(StatusCode::OK, &routes_json::describe(&snapshot, &self.reloader.status()))
+            }
+            (&Method::POST, "/api/reload") => {
+                let reloader = self.reloader.clone();
+                let outcome = tokio::task::spawn_blocking(move || reloader.reload("admin API")).await;
+                match outcome {
+                    Ok(outcome @ ReloadOutcome::Failed { .. }) => json(StatusCode::UNPROCESSABLE_ENTITY, &outcome),
+                    Ok(outcome) => json(StatusCode::OK, &outcome),
+                    Err(_) => json(StatusCode::INTERNAL_SERVER_ERROR, &serde_json::json!({"error": "reload task failed"})),
+                }
+            }
+            _ => json(StatusCode::NOT_FOUND, &serde_json::json!({"error": "not_found", "path": path})),
+        }
+    }
+
+    fn is_authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = &self.token else { return true };
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        constant_time_eq(presented.as_bytes(), token.as_bytes())
+    }
+}
+
+/// Compares without an early exit, so response time does not reveal how
+/// much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut difference = a.len() ^ b.len();
+    for (i, byte) in b.iter().enumerate() {
+        difference |= usize::from(a.get(i).copied().unwrap_or(0) ^ byte);
+    }
+    difference == 0
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<ProxyBody> {
+    let mut response = Response::new(full(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<ProxyBody> {
+    let body = serde_json::to_string_pretty(value).unwrap_or_else(|_| "{}".into());
+    text(status, "application/json", body + "\n")
+}

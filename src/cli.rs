@@ -1,0 +1,207 @@
+//! The command line: argument definitions and the commands they run.
+//!
+//! `main` parses and calls `execute`; everything a command prints is here.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+
+use crate::config::{self, CompileContext, ConfigErrors};
+use crate::metrics::Metrics;
+use crate::routing::{explain, RequestView, RouteChanges};
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(name = "strangler", version, about = "Reverse proxy for the strangler-fig migration of a monolith")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the proxy and the admin API.
+    Run(RunArgs),
+    /// Validate a routes directory; print every problem as FILE:LINE:COL.
+    Check {
+        #[arg(default_value = "routes")]
+        dir: PathBuf,
+    },
+    /// Show which route a request matches, why, and where it goes.
+    Explain(ExplainArgs),
+    /// The route-level change between two routes directories.
+    Diff { old: PathBuf, new: PathBuf },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[arg(long, env = "STRANGLER_ROUTES", default_value = "routes")]
+    pub routes: PathBuf,
+    #[arg(long, env = "STRANGLER_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    #[arg(long, env = "STRANGLER_ADMIN", default_value = "127.0.0.1:9090")]
+    pub admin: SocketAddr,
+    #[arg(long = "state-dir", env = "STRANGLER_STATE_DIR", default_value = "state")]
+    pub state_dir: PathBuf,
+    /// Worker threads; default: all cores.
+    #[arg(long, env = "STRANGLER_WORKERS")]
+    pub workers: Option<usize>,
+    #[arg(long = "log-format", env = "STRANGLER_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    #[arg(long, env = "STRANGLER_ROUTES", default_value = "routes")]
+    pub routes: PathBuf,
+    pub method: String,
+    /// A full URL (`http://host/path?q`) or a path.
+    pub url: String,
+    /// A request header, `-H 'Name: value'`; repeatable.
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("cannot bind {what} listener on {addr}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Run(#[from] crate::RunError),
+    #[error("invalid {what} `{value}`")]
+    BadArgument { what: &'static str, value: String },
+    #[error("{0}")]
+    Config(ConfigErrors),
+}
+
+pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
+    match cli.command {
+        Command::Run(args) => run(args).map(|()| ExitCode::SUCCESS),
+        Command::Check { dir } => Ok(check(&dir)),
+        Command::Explain(args) => explain_request(args).map(|()| ExitCode::SUCCESS),
+        Command::Diff { old, new } => diff(&old, &new).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, CliError> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers.filter(|w| *w > 0) {
+        builder.worker_threads(workers);
+    }
+    builder.enable_all().build().map_err(CliError::Runtime)
+}
+
+fn run(args: RunArgs) -> Result<(), CliError> {
+    telemetry::init(args.log_format);
+    let runtime = runtime(args.workers)?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|source| CliError::Bind { what: "proxy", addr: args.listen, source })?;
+        let admin = tokio::net::TcpListener::bind(args.admin)
+            .await
+            .map_err(|source| CliError::Bind { what: "admin", addr: args.admin, source })?;
+        let config = crate::RunConfig { routes_dir: args.routes, state_dir: args.state_dir, watch: true };
+        crate::run(listener, admin, config, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// Loads and compiles a directory without serving it.
+fn compile_dir(dir: &Path, metrics: &Metrics) -> Result<config::Compiled, ConfigErrors> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    // Upstream clients need a runtime context to be built, not to run.
+    let _guard = runtime.as_ref().ok().map(|r| r.enter());
+    config::load(dir, &CompileContext { metrics, previous: None })
+}
+
+fn check(dir: &Path) -> ExitCode {
+    match compile_dir(dir, &Metrics::new()) {
+        Ok(compiled) => {
+            for warning in &compiled.warnings {
+                println!("{warning}");
+            }
+            let snapshot = &compiled.snapshot;
+            println!(
+                "{}: valid ({} routes, {} backends, version {})",
+                dir.display(),
+                snapshot.routes.len(),
+                snapshot.backends.len(),
+                snapshot.version
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for error in &errors.0 {
+                println!("{error}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn explain_request(args: ExplainArgs) -> Result<(), CliError> {
+    let compiled = compile_dir(&args.routes, &Metrics::new()).map_err(CliError::Config)?;
+    let method = Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| CliError::BadArgument { what: "method", value: args.method.clone() })?;
+    let uri: Uri = args.url.parse().map_err(|_| CliError::BadArgument { what: "URL", value: args.url.clone() })?;
+    let mut headers = HeaderMap::new();
+    for header in &args.headers {
+        let bad = || CliError::BadArgument { what: "header", value: header.clone() };
+        let (name, value) = header.split_once(':').ok_or_else(bad)?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| bad())?;
+        let value = HeaderValue::from_str(value.trim()).map_err(|_| bad())?;
+        headers.append(name, value);
+    }
+    let path = crate::proxy::path::normalize(uri.path())
+        .map_err(|err| CliError::BadArgument { what: "path", value: format!("{} ({err})", uri.path()) })?;
+    let host = uri.host().map(str::to_string).or_else(|| {
+        headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(|h| h.split(':').next().unwrap_or(h).to_string())
+    });
+    let request = RequestView {
+        method: &method,
+        path: &path,
+        query: uri.query(),
+        host: host.as_deref(),
+        headers: &headers,
+        client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+    };
+    println!("{method} {uri}");
+    print!("{}", explain(&compiled.snapshot, &request));
+    Ok(())
+}
+
+fn diff(old: &Path, new: &Path) -> Result<(), CliError> {
+    let metrics = Metrics::new();
+    let before = compile_dir(old, &metrics).map_err(CliError::Config)?;
+    let after = compile_dir(new, &metrics).map_err(CliError::Config)?;
+    let changes = RouteChanges::between(&before.snapshot, &after.snapshot);
+    println!("{} -> {}: {changes}", before.snapshot.version, after.snapshot.version);
+    for line in &changes.traffic {
+        println!("traffic  {line}");
+    }
+    Ok(())
+}

@@ -1,0 +1,408 @@
+//! Compiling one route entry: its match, target, transforms and checks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue, Method};
+use regex::Regex;
+
+use super::compile::BackendTable;
+use super::error::ConfigError;
+use super::load::SourceFile;
+use super::schema::{HeaderOpsSpec, MatchSpec, RouteSpec, StickySpec, ValueMatchSpec};
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::routing::{
+    Backend, BackendId, Conditions, HeaderOps, HostMatch, HostRewrite, PathMatch, Rewrite, Route,
+    SourceLocation, Specificity, Split, StickyKey, Target, ValueMatch, BUCKETS,
+};
+
+/// A route entry and where it sits, for error positions.
+pub(crate) struct RouteSource<'a> {
+    pub file: &'a SourceFile,
+    /// `routes[N]` within the file.
+    pub key: &'a str,
+    pub spec: &'a crate::config::schema::RouteSpec,
+}
+
+/// Collects this route's errors, each at the position of the offending key.
+struct Problems<'a> {
+    source: &'a RouteSource<'a>,
+    errors: Vec<ConfigError>,
+}
+
+impl Problems<'_> {
+    fn at(&mut self, key: &str, message: impl Into<String>) {
+        let path = if key.is_empty() {
+            self.source.key.to_string()
+        } else {
+            format!("{}.{key}", self.source.key)
+        };
+        let message = format!("route `{}`: {}", self.source.spec.name, message.into());
+        self.errors.push(self.source.file.error_at(&path, message));
+    }
+}
+
+pub(crate) fn compile_route(
+    source: &RouteSource,
+    declared_at: SourceLocation,
+    backends: &BackendTable,
+    metrics: &Metrics,
+    backend_list: &[Backend],
+) -> Result<Route, Vec<ConfigError>> {
+    let spec = source.spec;
+    let mut problems = Problems { source, errors: Vec::new() };
+    let path = compile_path(&spec.matcher, &mut problems);
+    let conditions = compile_conditions(&spec.matcher, &mut problems);
+    let fallback = spec.fallback.as_ref().and_then(|name| {
+        backends.resolve(name).map_err(|m| problems.at("fallback", m)).ok()
+    });
+    let target = compile_target(spec, fallback, backends, &mut problems);
+    let rewrite = compile_rewrite(spec, &path, &mut problems);
+    let request_headers = compile_header_ops(spec.request_headers.as_ref(), "request_headers", &mut problems);
+    let response_headers = compile_header_ops(spec.response_headers.as_ref(), "response_headers", &mut problems);
+    let host_rewrite = match spec.host_rewrite.as_deref() {
+        None => HostRewrite::PassThrough,
+        Some("backend") => HostRewrite::Backend,
+        Some(literal) => match HeaderValue::from_str(literal) {
+            Ok(value) => HostRewrite::Literal(value),
+            Err(_) => {
+                problems.at("host_rewrite", format!("`{literal}` is not a valid host"));
+                HostRewrite::PassThrough
+            }
+        },
+    };
+    let idempotency_header = match &spec.idempotency_header {
+        None => HeaderName::from_static("idempotency-key"),
+        Some(name) => header_name(name, "idempotency_header", &mut problems).unwrap_or(HeaderName::from_static("idempotency-key")),
+    };
+    if let Some(shadow) = &spec.shadow {
+        if let Err(m) = backends.resolve(&shadow.backend) {
+            problems.at("shadow.backend", m);
+        }
+    }
+    let (Some(path), Some(target)) = (path, target) else {
+        return Err(problems.errors);
+    };
+    if !problems.errors.is_empty() {
+        return Err(problems.errors);
+    }
+    let name: Arc<str> = spec.name.as_str().into();
+    let reachable = reachable_backends(&target, fallback, backend_list);
+    Ok(Route {
+        metrics: RouteMetrics::new(metrics, &name, &reachable),
+        name,
+        declared_at,
+        specificity: Specificity::of(&path, &conditions),
+        path,
+        conditions,
+        target,
+        fallback,
+        retry_non_idempotent: spec.retry_non_idempotent,
+        idempotency_header,
+        rewrite,
+        request_headers,
+        response_headers,
+        host_rewrite,
+        max_body_bytes: spec.max_body.map(|b| b.0),
+        fingerprint: fingerprint(spec),
+    })
+}
+
+/// A stable hash of the route's parsed entry (so comments and formatting
+/// do not count as a change).
+fn fingerprint(spec: &RouteSpec) -> u64 {
+    format!("{spec:?}").bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn reachable_backends(target: &Target, fallback: Option<BackendId>, backends: &[Backend]) -> Vec<(BackendId, Arc<str>)> {
+    let mut ids: Vec<BackendId> = match target {
+        Target::Backend(id) => vec![*id],
+        Target::Split(split) => split.choices.iter().map(|c| c.backend).collect(),
+    };
+    ids.extend(fallback);
+    ids.sort();
+    ids.dedup();
+    ids.into_iter().map(|id| (id, backends[id.0].name.clone())).collect()
+}
+
+fn compile_path(spec: &MatchSpec, problems: &mut Problems) -> Option<PathMatch> {
+    match (&spec.path, &spec.prefix) {
+        (Some(_), Some(_)) => {
+            problems.at("match", "set either `path` or `prefix`, not both");
+            None
+        }
+        (None, None) => Some(PathMatch::Prefix("/".into())),
+        (None, Some(prefix)) => {
+            if !prefix.starts_with('/') {
+                problems.at("match.prefix", format!("prefix `{prefix}` must start with `/`"));
+                return None;
+            }
+            if prefix.contains(['{', '}', '?', '#']) {
+                problems.at("match.prefix", format!("prefix `{prefix}` may not contain `{{`, `}}`, `?` or `#`; use `path` for templates"));
+                return None;
+            }
+            let trimmed = prefix.trim_end_matches('/');
+            Some(PathMatch::Prefix(if trimmed.is_empty() { "/".into() } else { trimmed.into() }))
+        }
+        (Some(path), None) => {
+            if !path.starts_with('/') {
+                problems.at("match.path", format!("path `{path}` must start with `/`"));
+                return None;
+            }
+            if !path.contains(['{', '}']) {
+                return Some(PathMatch::Exact(path.as_str().into()));
+            }
+            match check_template(path) {
+                Ok((literal_segments, has_catch_all)) => Some(PathMatch::Template {
+                    pattern: path.as_str().into(),
+                    literal_segments,
+                    has_catch_all,
+                }),
+                Err(message) => {
+                    problems.at("match.path", format!("bad path template `{path}`: {message}"));
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// Checks a template: each `{name}` is a whole segment, names are unique,
+/// a `{*rest}` comes last. Returns the literal segment count.
+fn check_template(path: &str) -> Result<(u16, bool), String> {
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let mut names = Vec::new();
+    let mut literal = 0u16;
+    let mut catch_all = false;
+    for (i, segment) in segments.iter().enumerate() {
+        if let Some(inner) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            let (name, is_catch_all) = match inner.strip_prefix('*') {
+                Some(name) => (name, true),
+                None => (inner, false),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("parameter `{{{inner}}}` needs a name of letters, digits or `_`"));
+            }
+            if names.contains(&name) {
+                return Err(format!("parameter `{name}` appears twice"));
+            }
+            if is_catch_all && i + 1 != segments.len() {
+                return Err(format!("catch-all `{{*{name}}}` must be the last segment"));
+            }
+            catch_all |= is_catch_all;
+            names.push(name);
+        } else if segment.contains(['{', '}']) {
+            return Err(format!("segment `{segment}` mixes text and a parameter; a parameter must be a whole segment"));
+        } else {
+            literal += 1;
+        }
+    }
+    Ok((literal, catch_all))
+}
+
+fn compile_conditions(spec: &MatchSpec, problems: &mut Problems) -> Conditions {
+    let methods = spec.methods.as_ref().map(|methods| {
+        methods
+            .iter()
+            .filter_map(|m| match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(method) => Some(method),
+                Err(_) => {
+                    problems.at("match.methods", format!("`{m}` is not an HTTP method"));
+                    None
+                }
+            })
+            .collect::<Box<[Method]>>()
+    });
+    let host = spec.host.as_ref().map(|host| match host.strip_prefix('*') {
+        Some(suffix) if suffix.starts_with('.') => HostMatch::Suffix(suffix.to_ascii_lowercase().into()),
+        _ => HostMatch::Exact(host.to_ascii_lowercase().into()),
+    });
+    let headers = spec
+        .headers
+        .iter()
+        .filter_map(|(name, test)| {
+            let key = format!("match.headers.{name}");
+            let name = header_name(name, &key, problems)?;
+            Some((name, value_match(test, &key, problems)?))
+        })
+        .collect();
+    let query = spec
+        .query
+        .iter()
+        .filter_map(|(name, test)| {
+            let key = format!("match.query.{name}");
+            Some((name.as_str().into(), value_match(test, &key, problems)?))
+        })
+        .collect();
+    Conditions { methods, host, headers, query }
+}
+
+fn header_name(name: &str, key: &str, problems: &mut Problems) -> Option<HeaderName> {
+    HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+        .map_err(|_| problems.at(key, format!("`{name}` is not a valid header name")))
+        .ok()
+}
+
+fn value_match(spec: &ValueMatchSpec, key: &str, problems: &mut Problems) -> Option<ValueMatch> {
+    match spec {
+        ValueMatchSpec::Exact(value) => Some(ValueMatch::Exact(value.as_str().into())),
+        ValueMatchSpec::Rule(rule) => match (&rule.regex, rule.present) {
+            (Some(pattern), None) => {
+                // Anchored: a route author writing `v2` means the whole value.
+                match Regex::new(&format!("^(?:{pattern})$")) {
+                    Ok(re) => Some(ValueMatch::Regex(re)),
+                    Err(err) => {
+                        problems.at(key, format!("bad regex `{pattern}`: {err}"));
+                        None
+                    }
+                }
+            }
+            (None, Some(present)) => Some(ValueMatch::Present(present)),
+            _ => {
+                problems.at(key, "write a value, `{ regex: ... }` or `{ present: true|false }`");
+                None
+            }
+        },
+    }
+}
+
+fn compile_target(
+    spec: &RouteSpec,
+    fallback: Option<BackendId>,
+    backends: &BackendTable,
+    problems: &mut Problems,
+) -> Option<Target> {
+    let chosen = [spec.backend.is_some(), spec.split.is_some(), spec.migration.is_some()];
+    match chosen.iter().filter(|c| **c).count() {
+        0 => {
+            problems.at("", "needs one of `backend`, `split` or `migration`");
+            return None;
+        }
+        1 => {}
+        _ => {
+            problems.at("", "set only one of `backend`, `split` or `migration`");
+            return None;
+        }
+    }
+    if let Some(name) = &spec.backend {
+        return backends.resolve(name).map(Target::Backend).map_err(|m| problems.at("backend", m)).ok();
+    }
+    if let Some(migration) = &spec.migration {
+        // Until the gate moves it, a migration serves everything from `from`.
+        let to = backends.resolve(&migration.to).map_err(|m| problems.at("migration.to", m)).ok();
+        let from = backends.resolve(&migration.from).map_err(|m| problems.at("migration.from", m)).ok();
+        return from.zip(to).map(|(from, _)| Target::Backend(from));
+    }
+    let split = spec.split.as_ref()?;
+    compile_split(split, spec, fallback, backends, problems).map(Target::Split)
+}
+
+fn compile_split(
+    weights: &BTreeMap<String, crate::config::values::Percent>,
+    spec: &RouteSpec,
+    fallback: Option<BackendId>,
+    backends: &BackendTable,
+    problems: &mut Problems,
+) -> Option<Split> {
+    let mut shares = Vec::new();
+    for (name, weight) in weights {
+        match backends.resolve(name) {
+            Ok(id) => shares.push((id, weight.basis_points())),
+            Err(m) => problems.at(&format!("split.{name}"), m),
+        }
+    }
+    let total: u32 = shares.iter().map(|(_, w)| w).sum();
+    if total > BUCKETS {
+        problems.at("split", format!("weights add up to {}%, more than 100%", f64::from(total) / 100.0));
+        return None;
+    }
+    if shares.is_empty() {
+        problems.at("split", "lists no backend");
+        return None;
+    }
+    // The incumbent takes the top range and any remainder below 100%.
+    let incumbent = fallback
+        .filter(|f| shares.iter().any(|(id, _)| id == f))
+        .or_else(|| shares.iter().max_by_key(|(_, w)| *w).map(|(id, _)| *id));
+    if let Some((_, share)) = shares.iter_mut().find(|(id, _)| Some(*id) == incumbent) {
+        *share += BUCKETS - total;
+    }
+    let sticky = spec.sticky.as_ref().and_then(|s| sticky_key(s, problems));
+    Some(Split::new(shares, incumbent, sticky, &spec.name))
+}
+
+fn sticky_key(spec: &StickySpec, problems: &mut Problems) -> Option<StickyKey> {
+    match (&spec.header, &spec.cookie, spec.client_ip) {
+        (Some(name), None, false) => header_name(name, "sticky.header", problems).map(StickyKey::Header),
+        (None, Some(cookie), false) => Some(StickyKey::Cookie(cookie.as_str().into())),
+        (None, None, true) => Some(StickyKey::ClientIp),
+        _ => {
+            problems.at("sticky", "set exactly one of `header`, `cookie` or `client_ip: true`");
+            None
+        }
+    }
+}
+
+fn compile_rewrite(spec: &RouteSpec, path: &Option<PathMatch>, problems: &mut Problems) -> Option<Rewrite> {
+    let rewrite = spec.rewrite.as_ref()?;
+    match (&rewrite.prefix, &rewrite.path, path) {
+        (Some(to), None, Some(PathMatch::Prefix(from))) => Some(Rewrite::Prefix {
+            from: if &**from == "/" { "".into() } else { from.clone() },
+            to: to.as_str().into(),
+        }),
+        (Some(_), None, _) => {
+            problems.at("rewrite.prefix", "a prefix rewrite needs `match.prefix`");
+            None
+        }
+        (None, Some(template), _) => {
+            let known = match path {
+                Some(PathMatch::Template { pattern, .. }) => pattern.to_string(),
+                _ => String::new(),
+            };
+            let missing = template
+                .split('{')
+                .skip(1)
+                .filter_map(|p| p.split_once('}').map(|(name, _)| name.trim_start_matches('*')))
+                .find(|name| !known.contains(&format!("{{{name}}}")) && !known.contains(&format!("{{*{name}}}")));
+            if !template.starts_with('/') {
+                problems.at("rewrite.path", "must start with `/`");
+                None
+            } else if let Some(name) = missing {
+                problems.at("rewrite.path", format!("uses `{{{name}}}`, which `match.path` does not define"));
+                None
+            } else {
+                Some(Rewrite::Template(template.as_str().into()))
+            }
+        }
+        _ => {
+            problems.at("rewrite", "set either `prefix` or `path`");
+            None
+        }
+    }
+}
+
+fn compile_header_ops(spec: Option<&HeaderOpsSpec>, key: &str, problems: &mut Problems) -> HeaderOps {
+    let Some(spec) = spec else { return HeaderOps::default() };
+    let mut pairs = |map: &BTreeMap<String, String>, op: &str| -> Box<[(HeaderName, HeaderValue)]> {
+        map.iter()
+            .filter_map(|(name, value)| {
+                let at = format!("{key}.{op}.{name}");
+                let name = header_name(name, &at, problems)?;
+                let value = HeaderValue::from_str(value)
+                    .map_err(|_| problems.at(&at, format!("`{value}` is not a valid header value")))
+                    .ok()?;
+                Some((name, value))
+            })
+            .collect()
+    };
+    let set = pairs(&spec.set, "set");
+    let add = pairs(&spec.add, "add");
+    let remove = spec
+        .remove
+        .iter()
+        .filter_map(|name| header_name(name, &format!("{key}.remove"), problems))
+        .collect();
+    HeaderOps { remove, set, add }
+}

@@ -1,0 +1,28 @@
+//! `strangler`: a reverse proxy for the strangler-fig migration of a monolith.
+//!
+//! # Layout
+//! - `config`: route files: schema, loading, validation, compilation to a snapshot.
+//! - `routing`: the compiled route table: matching, weighted and sticky choice.
+//! - `proxy`: the hyper service: forward a request, header hygiene, errors.
+//! - `upstream`: backends: pooled clients, timeouts, error kinds.
+//! - `admin`: the admin HTTP API and `/metrics`.
+//! - `metrics`: every Prometheus family, defined in one place.
+//! - `reload`: load routes/, swap the snapshot, keep the old one on error.
+//! - `server`: listeners, connections, graceful shutdown.
+//! - `telemetry`: logging and the access log.
+//! - `cli`: the command line, for `main`.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod routing;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;
+
+pub use server::{run, RunConfig, RunError};

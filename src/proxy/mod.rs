@@ -1,0 +1,138 @@
+//! The hyper service: select a route, forward the request, record the outcome.
+//!
+//! One `ProxyService` per client connection, all sharing `Shared`. `call`
+//! does the work in order (normalise, select, forward, record) and turns
+//! any failure into a response: it never returns `Err` to hyper.
+
+mod error;
+mod forward;
+pub mod headers;
+pub mod path;
+mod upgrade;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::{header, HeaderValue, Request, Response, Version};
+use hyper::body::Incoming;
+
+use crate::body::ProxyBody;
+use crate::metrics::Metrics;
+use crate::routing::{RequestView, Snapshot, DEFAULT_ROUTE};
+
+pub use self::error::{json_error, ProxyError};
+
+/// What every request needs, shared by all connections.
+pub struct Shared {
+    pub table: Arc<ArcSwap<Snapshot>>,
+    pub metrics: Metrics,
+}
+
+/// The client side of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub proto: &'static str,
+}
+
+#[derive(Clone)]
+pub struct ProxyService {
+    shared: Arc<Shared>,
+    conn: ConnInfo,
+}
+
+impl ProxyService {
+    pub fn new(shared: Arc<Shared>, conn: ConnInfo) -> Self {
+        ProxyService { shared, conn }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for ProxyService {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let shared = self.shared.clone();
+        let conn = self.conn;
+        Box::pin(async move { Ok(handle(&shared, conn, req).await) })
+    }
+}
+
+/// Facts about the request that the access log and errors need.
+pub(crate) struct RequestCtx {
+    pub started: Instant,
+    pub request_id: HeaderValue,
+    pub conn: ConnInfo,
+}
+
+async fn handle(shared: &Shared, conn: ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+    let ctx = RequestCtx {
+        started: Instant::now(),
+        request_id: headers::request_id(req.headers()),
+        conn,
+    };
+    let path = match path::normalize(req.uri().path()) {
+        Ok(path) => path.into_owned(),
+        Err(err) => return reject(ProxyError::BadPath(err), &ctx, &req),
+    };
+    let Ok(host) = request_host(&req) else {
+        return reject(ProxyError::BadHost, &ctx, &req);
+    };
+    // One refcount: requests in flight finish on the snapshot they started with.
+    let snapshot = shared.table.load_full();
+    let decision = snapshot.select(&RequestView {
+        method: req.method(),
+        path: &path,
+        query: req.uri().query(),
+        host: host.as_deref().map(host_without_port),
+        headers: req.headers(),
+        client_ip: conn.peer.ip(),
+    });
+    forward::forward(&snapshot, &decision, req, &path, host, &ctx).await
+}
+
+/// The host the client addressed: the URI authority (HTTP/2, absolute
+/// form) or the `Host` header. HTTP/1.1 requires one (RFC 9112 §3.2).
+fn request_host(req: &Request<Incoming>) -> Result<Option<String>, ()> {
+    if let Some(authority) = req.uri().authority() {
+        return Ok(Some(authority.as_str().to_string()));
+    }
+    match req.headers().get(header::HOST) {
+        Some(value) => {
+            let text = value.to_str().map_err(|_| ())?;
+            let authority: http::uri::Authority = text.parse().map_err(|_| ())?;
+            if authority.as_str().contains('@') {
+                return Err(());
+            }
+            Ok(Some(authority.as_str().to_string()))
+        }
+        None if req.version() == Version::HTTP_11 => Err(()),
+        None => Ok(None),
+    }
+}
+
+fn host_without_port(authority: &str) -> &str {
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !host.ends_with(':') => host,
+        _ => authority,
+    }
+}
+
+/// Answers a request that was refused before any route was chosen.
+fn reject(err: ProxyError, ctx: &RequestCtx, req: &Request<Incoming>) -> Response<ProxyBody> {
+    tracing::info!(
+        target: "access",
+        request_id = ctx.request_id.to_str().unwrap_or(""),
+        method = %req.method(),
+        error = %err,
+        "rejected"
+    );
+    err.into_response(DEFAULT_ROUTE, &ctx.request_id)
+}

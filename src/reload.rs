@@ -1,0 +1,188 @@
+//! Loading routes/ and swapping the active snapshot: at start, on a file
+//! change, on SIGHUP and on `POST /api/reload`.
+//!
+//! A reload parses, validates and compiles a complete new snapshot off the
+//! request path, then swaps it in with one atomic store. On any error the
+//! old snapshot stays, the error is logged and counted, and `/api/routes`
+//! shows it. Requests in flight keep the snapshot they started with.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use crate::config::{self, CompileContext, ConfigErrors};
+use crate::metrics::Metrics;
+use crate::routing::{RouteChanges, Snapshot};
+
+/// Events closer together than this are one edit (editors write a file in
+/// several steps; a ConfigMap update touches several entries).
+const DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// The result of one reload, as the admin API reports it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ReloadOutcome {
+    Applied { version: String, changes: RouteChanges },
+    Unchanged { version: String },
+    Failed { version: String, errors: Vec<String> },
+}
+
+/// The state `/api/routes` shows besides the table.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadStatus {
+    pub last_success_unix: Option<u64>,
+    pub last_error: Option<Vec<String>>,
+}
+
+pub struct Reloader {
+    dir: PathBuf,
+    metrics: Metrics,
+    table: Arc<ArcSwap<Snapshot>>,
+    /// Serialises reloads, so two triggers cannot race to swap; held only
+    /// by reloads, never by requests.
+    status: Mutex<ReloadStatus>,
+}
+
+impl Reloader {
+    /// Loads `dir` for the first time; an invalid directory is an error.
+    pub fn start(dir: PathBuf, metrics: Metrics) -> Result<Reloader, ConfigErrors> {
+        let ctx = CompileContext { metrics: &metrics, previous: None };
+        let compiled = config::load(&dir, &ctx)?;
+        for warning in &compiled.warnings {
+            tracing::warn!("{warning}");
+        }
+        let snapshot = compiled.snapshot;
+        metrics.set_config_version(None, &snapshot.version);
+        metrics.config_reloads.with_label_values(&["success"]).inc();
+        let now = unix_now();
+        metrics.config_last_success.set(now as f64);
+        Ok(Reloader {
+            dir,
+            metrics,
+            table: Arc::new(ArcSwap::from_pointee(snapshot)),
+            status: Mutex::new(ReloadStatus { last_success_unix: Some(now), last_error: None }),
+        })
+    }
+
+    pub fn table(&self) -> Arc<ArcSwap<Snapshot>> {
+        self.table.clone()
+    }
+
+    pub fn dir(&self) -> &PathBuf {
+        &self.dir
+    }
+
+    pub fn status(&self) -> ReloadStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Reloads now. `trigger` names the cause in the log.
+    pub fn reload(&self, trigger: &str) -> ReloadOutcome {
+        let Ok(mut status) = self.status.lock() else {
+            return ReloadOutcome::Failed { version: String::new(), errors: vec!["reload state poisoned".into()] };
+        };
+        let old = self.table.load_full();
+        let ctx = CompileContext { metrics: &self.metrics, previous: Some(&old) };
+        let compiled = match config::load(&self.dir, &ctx) {
+            Ok(compiled) => compiled,
+            Err(errors) => {
+                let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                for line in &lines {
+                    tracing::error!(trigger, "reload failed, keeping version {}: {line}", old.version);
+                }
+                self.metrics.config_reloads.with_label_values(&["failure"]).inc();
+                status.last_error = Some(lines.clone());
+                return ReloadOutcome::Failed { version: old.version.to_string(), errors: lines };
+            }
+        };
+        status.last_error = None;
+        let new = compiled.snapshot;
+        if new.version == old.version {
+            return ReloadOutcome::Unchanged { version: new.version.to_string() };
+        }
+        for warning in &compiled.warnings {
+            tracing::warn!("{warning}");
+        }
+        let changes = RouteChanges::between(&old, &new);
+        let version = new.version.to_string();
+        self.metrics.set_config_version(Some(&old.version), &version);
+        self.table.store(Arc::new(new));
+        self.metrics.config_reloads.with_label_values(&["success"]).inc();
+        let now = unix_now();
+        self.metrics.config_last_success.set(now as f64);
+        status.last_success_unix = Some(now);
+        tracing::info!(trigger, from = %old.version, to = %version, "routes reloaded: {changes}");
+        ReloadOutcome::Applied { version, changes }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Reloads on changes in the routes directory and on SIGHUP, until the
+/// returned task is aborted.
+pub fn spawn_watchers(reloader: Arc<Reloader>) -> tokio::task::JoinHandle<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<&'static str>(16);
+    let watcher = watch_dir(&reloader, tx.clone());
+    let sighup = spawn_sighup(tx);
+    tokio::spawn(async move {
+        // Dropping the watcher stops it: it lives as long as this task.
+        let _watcher = watcher;
+        let _sighup = AbortOnDrop(sighup);
+        while let Some(trigger) = rx.recv().await {
+            // Wait for the burst of events to end before reading the files.
+            while let Ok(Some(_)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
+            let reloader = reloader.clone();
+            let _ = tokio::task::spawn_blocking(move || reloader.reload(trigger)).await;
+        }
+    })
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Watches the directory itself (not the files): editors that save by
+/// rename, files added and removed, and a Kubernetes ConfigMap's atomic
+/// swap of its `..data` symlink all show up as events on the directory.
+fn watch_dir(reloader: &Reloader, tx: tokio::sync::mpsc::Sender<&'static str>) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let handler = move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            if !event.kind.is_access() {
+                // A full channel already holds a pending reload.
+                let _ = tx.try_send("file change");
+            }
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(watcher) => watcher,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot watch routes directory; reload with SIGHUP or POST /api/reload");
+            return None;
+        }
+    };
+    if let Err(err) = watcher.watch(reloader.dir(), RecursiveMode::NonRecursive) {
+        tracing::warn!(error = %err, dir = %reloader.dir().display(), "cannot watch routes directory");
+        return None;
+    }
+    Some(watcher)
+}
+
+fn spawn_sighup(tx: tokio::sync::mpsc::Sender<&'static str>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
+        while hangups.recv().await.is_some() {
+            let _ = tx.try_send("SIGHUP");
+        }
+    })
+}

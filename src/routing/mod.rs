@@ -1,0 +1,211 @@
+//! The compiled route table and route selection: given a request and the
+//! active snapshot, decide where it goes.
+//!
+//! Everything here that runs per request only reads data that
+//! `config::compile` prepared; nothing is parsed here.
+
+mod diff;
+mod explain;
+mod matcher;
+mod split;
+mod transform;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+use crate::metrics::RouteMetrics;
+use crate::upstream::Upstream;
+
+pub use self::diff::RouteChanges;
+pub use self::explain::{explain, Explanation};
+pub use self::matcher::{Conditions, HostMatch, PathMatch, PathParams, Specificity, ValueMatch};
+pub(crate) use self::matcher::RouteIndex;
+pub use self::split::{bucket_of, Split, SplitChoice, StickyKey, BUCKETS};
+pub use self::transform::{HeaderOps, Rewrite};
+
+/// A route's name; cheap to clone, used as a metric label.
+pub type RouteName = Arc<str>;
+/// A backend's name as written under `backends:`.
+pub type BackendName = Arc<str>;
+
+/// A backend's position in `Snapshot::backends`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendId(pub usize);
+
+/// The name of the route that takes what no route matches.
+pub const DEFAULT_ROUTE: &str = "default";
+
+/// What `select` reads of a request. The path is already normalised.
+#[derive(Debug)]
+pub struct RequestView<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    /// Host without port, from the URI authority or the `Host` header.
+    pub host: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub client_ip: IpAddr,
+}
+
+/// Where a file's item was declared, for `explain` and warnings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceLocation {
+    pub file: Arc<str>,
+    pub line: usize,
+}
+
+impl fmt::Display for SourceLocation {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+/// Where a route sends traffic.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Backend(BackendId),
+    Split(Split),
+}
+
+/// What `Host` the upstream request carries.
+#[derive(Debug, Clone)]
+pub enum HostRewrite {
+    PassThrough,
+    /// The authority of the backend's URL.
+    Backend,
+    Literal(HeaderValue),
+}
+
+/// One compiled route.
+#[derive(Debug)]
+pub struct Route {
+    pub name: RouteName,
+    pub declared_at: SourceLocation,
+    pub path: PathMatch,
+    pub conditions: Conditions,
+    pub specificity: Specificity,
+    pub target: Target,
+    pub fallback: Option<BackendId>,
+    /// Whether a non-idempotent request may be re-sent after it may have
+    /// reached the first backend.
+    pub retry_non_idempotent: bool,
+    /// A request carrying this header may be retried like an idempotent one.
+    pub idempotency_header: HeaderName,
+    pub rewrite: Option<Rewrite>,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    pub host_rewrite: HostRewrite,
+    pub max_body_bytes: Option<u64>,
+    pub metrics: RouteMetrics,
+    /// A hash of the route's source entry: equal means unchanged.
+    pub fingerprint: u64,
+}
+
+/// A backend of the snapshot. The upstream (and its connection pool) is
+/// shared with the previous snapshot when the backend did not change.
+#[derive(Debug)]
+pub struct Backend {
+    pub name: BackendName,
+    pub upstream: Arc<Upstream>,
+}
+
+/// Listener settings from `server:`, with the edge defaults of DESIGN.md.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub via: Option<HeaderValue>,
+    pub max_body_bytes: Option<u64>,
+    pub shutdown_grace: std::time::Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            via: None,
+            max_body_bytes: None,
+            shutdown_grace: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+/// The compiled route table. Built once per (re)load, never mutated.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// A short hash of the source files.
+    pub version: Arc<str>,
+    /// In declaration order.
+    pub routes: Box<[Route]>,
+    pub backends: Box<[Backend]>,
+    /// Takes what no route matches; named `default`.
+    pub default_route: Route,
+    pub server: ServerSettings,
+    pub(crate) index: RouteIndex,
+}
+
+/// Where one request goes, and why. `explain` prints this value.
+#[derive(Debug)]
+pub struct Decision<'s> {
+    pub route: &'s Route,
+    pub primary: BackendId,
+    pub params: PathParams,
+    /// The split bucket of this request, when the route splits.
+    pub bucket: Option<u32>,
+}
+
+impl Snapshot {
+    /// The route for this request (most specific wins), and its backend.
+    pub fn select(&self, req: &RequestView) -> Decision<'_> {
+        let found = self.index.select(
+            req,
+            |id| self.routes[id].conditions.matches(req),
+            |id| match &self.routes[id].path {
+                PathMatch::Template { pattern, .. } => pattern,
+                _ => "",
+            },
+        );
+        let (route, params) = match found {
+            Some((id, params)) => (&self.routes[id], params),
+            None => (&self.default_route, PathParams::default()),
+        };
+        let (primary, bucket) = match &route.target {
+            Target::Backend(id) => (*id, None),
+            Target::Split(split) => {
+                let bucket = split.bucket(req.headers, req.client_ip);
+                let backend = split
+                    .backend_for_bucket(bucket)
+                    .unwrap_or(self.default_backend());
+                (backend, Some(bucket))
+            }
+        };
+        Decision {
+            route,
+            primary,
+            params,
+            bucket,
+        }
+    }
+
+    pub fn backend(&self, id: BackendId) -> &Backend {
+        &self.backends[id.0]
+    }
+
+    pub fn default_backend(&self) -> BackendId {
+        match self.default_route.target {
+            Target::Backend(id) => id,
+            Target::Split(_) => BackendId(0),
+        }
+    }
+
+    pub fn backend_id(&self, name: &str) -> Option<BackendId> {
+        self.backends
+            .iter()
+            .position(|b| &*b.name == name)
+            .map(BackendId)
+    }
+
+    pub fn route(&self, name: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| &*r.name == name)
+    }
+}

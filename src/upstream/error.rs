@@ -1,0 +1,120 @@
+//! What can go wrong talking to a backend, in the proxy's terms.
+
+use std::time::Duration;
+
+use crate::body::BoxError;
+use crate::routing::BackendName;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The connection was never established: the backend never saw the request.
+    #[error("could not connect to backend `{backend}`")]
+    Connect {
+        backend: BackendName,
+        #[source]
+        source: BoxError,
+    },
+
+    #[error("backend `{backend}` gave no answer within {after:?}")]
+    Timeout { backend: BackendName, after: Duration },
+
+    #[error("backend `{backend}` reset the connection")]
+    Reset {
+        backend: BackendName,
+        #[source]
+        source: BoxError,
+    },
+
+    #[error("TLS with backend `{backend}` failed")]
+    Tls {
+        backend: BackendName,
+        #[source]
+        source: BoxError,
+    },
+
+    #[error("backend `{backend}` broke the HTTP protocol")]
+    Protocol {
+        backend: BackendName,
+        #[source]
+        source: BoxError,
+    },
+
+    #[error("circuit for backend `{backend}` is open")]
+    CircuitOpen { backend: BackendName },
+}
+
+/// Index into `metrics::ERROR_KINDS`.
+pub type ErrorKindIndex = usize;
+
+impl UpstreamError {
+    /// The `kind` label of `strangler_upstream_errors_total`, as an index
+    /// into `metrics::ERROR_KINDS` (connect, timeout, reset, tls, protocol).
+    pub fn kind(&self) -> ErrorKindIndex {
+        match self {
+            UpstreamError::Connect { .. } | UpstreamError::CircuitOpen { .. } => 0,
+            UpstreamError::Timeout { .. } => 1,
+            UpstreamError::Reset { .. } => 2,
+            UpstreamError::Tls { .. } => 3,
+            UpstreamError::Protocol { .. } => 4,
+        }
+    }
+
+    /// Whether the backend may have received (and acted on) the request.
+    /// Only when it surely did not is a non-idempotent request safe to resend.
+    pub fn may_have_reached_backend(&self) -> bool {
+        !matches!(
+            self,
+            UpstreamError::Connect { .. } | UpstreamError::CircuitOpen { .. }
+        )
+    }
+
+    pub fn backend(&self) -> &BackendName {
+        match self {
+            UpstreamError::Connect { backend, .. }
+            | UpstreamError::Timeout { backend, .. }
+            | UpstreamError::Reset { backend, .. }
+            | UpstreamError::Tls { backend, .. }
+            | UpstreamError::Protocol { backend, .. }
+            | UpstreamError::CircuitOpen { backend } => backend,
+        }
+    }
+
+    /// Sorts a client error into a kind by walking its causes.
+    pub(crate) fn classify(
+        backend: &BackendName,
+        err: hyper_util::client::legacy::Error,
+    ) -> UpstreamError {
+        let backend = backend.clone();
+        if err.is_connect() {
+            return UpstreamError::Connect {
+                backend,
+                source: Box::new(err),
+            };
+        }
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+        while let Some(c) = cause {
+            if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                use std::io::ErrorKind::*;
+                if matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted) {
+                    return UpstreamError::Reset {
+                        backend,
+                        source: Box::new(err),
+                    };
+                }
+            }
+            if let Some(hyper_err) = c.downcast_ref::<hyper::Error>() {
+                if hyper_err.is_incomplete_message() || hyper_err.is_closed() {
+                    return UpstreamError::Reset {
+                        backend,
+                        source: Box::new(err),
+                    };
+                }
+            }
+            cause = c.source();
+        }
+        UpstreamError::Protocol {
+            backend,
+            source: Box::new(err),
+        }
+    }
+}
