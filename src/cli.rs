@@ -135,7 +135,7 @@ fn compile_dir(dir: &Path, metrics: &Metrics) -> Result<config::Compiled, Config
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
     // Upstream clients need a runtime context to be built, not to run.
     let _guard = runtime.as_ref().ok().map(|r| r.enter());
-    config::load(dir, &CompileContext { metrics, previous: None })
+    config::load(dir, &CompileContext { metrics, previous: None, migrations: None })
 }
 
 fn check(dir: &Path) -> ExitCode {

@@ -4,6 +4,8 @@
 //! - `config`: route files: schema, loading, validation, compilation to a snapshot.
 //! - `routing`: the compiled route table: matching, weighted and sticky choice.
 //! - `proxy`: the hyper service: forward a request, header hygiene, errors.
+//! - `shadow`: mirroring to a candidate and comparing its answers (JSON-aware).
+//! - `gate`: migration verdicts from sliding windows of evidence and statistical tests.
 //! - `upstream`: backends: pooled clients, timeouts, error kinds.
 //! - `admin`: the admin HTTP API and `/metrics`.
 //! - `metrics`: every Prometheus family, defined in one place.
@@ -17,11 +19,13 @@ pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod gate;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod server;
+pub mod shadow;
 pub mod telemetry;
 pub mod upstream;
 

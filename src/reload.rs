@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::config::{self, CompileContext, ConfigErrors};
+use crate::gate::Migrations;
 use crate::metrics::Metrics;
 use crate::routing::{RouteChanges, Snapshot};
 
@@ -41,6 +42,7 @@ pub struct Reloader {
     dir: PathBuf,
     metrics: Metrics,
     table: Arc<ArcSwap<Snapshot>>,
+    migrations: Arc<Migrations>,
     /// Serialises reloads, so two triggers cannot race to swap; held only
     /// by reloads, never by requests.
     status: Mutex<ReloadStatus>,
@@ -48,8 +50,8 @@ pub struct Reloader {
 
 impl Reloader {
     /// Loads `dir` for the first time; an invalid directory is an error.
-    pub fn start(dir: PathBuf, metrics: Metrics) -> Result<Reloader, ConfigErrors> {
-        let ctx = CompileContext { metrics: &metrics, previous: None };
+    pub fn start(dir: PathBuf, metrics: Metrics, migrations: Arc<Migrations>) -> Result<Reloader, ConfigErrors> {
+        let ctx = CompileContext { metrics: &metrics, previous: None, migrations: Some(&migrations) };
         let compiled = config::load(&dir, &ctx)?;
         for warning in &compiled.warnings {
             tracing::warn!("{warning}");
@@ -62,6 +64,7 @@ impl Reloader {
         Ok(Reloader {
             dir,
             metrics,
+            migrations,
             table: Arc::new(ArcSwap::from_pointee(snapshot)),
             status: Mutex::new(ReloadStatus { last_success_unix: Some(now), last_error: None }),
         })
@@ -85,7 +88,7 @@ impl Reloader {
             return ReloadOutcome::Failed { version: String::new(), errors: vec!["reload state poisoned".into()] };
         };
         let old = self.table.load_full();
-        let ctx = CompileContext { metrics: &self.metrics, previous: Some(&old) };
+        let ctx = CompileContext { metrics: &self.metrics, previous: Some(&old), migrations: Some(&self.migrations) };
         let compiled = match config::load(&self.dir, &ctx) {
             Ok(compiled) => compiled,
             Err(errors) => {
@@ -106,9 +109,16 @@ impl Reloader {
         for warning in &compiled.warnings {
             tracing::warn!("{warning}");
         }
+        let names: Vec<&str> = new.routes.iter().filter(|r| r.migration.is_some()).map(|r| &*r.name).collect();
+        self.migrations.retain(&names);
         let changes = RouteChanges::between(&old, &new);
         let version = new.version.to_string();
         self.metrics.set_config_version(Some(&old.version), &version);
+        for route in new.routes.iter() {
+            if let (Some(migration), Some(plan)) = (&route.migration, &route.migration_plan) {
+                migration.replan((**plan).clone());
+            }
+        }
         self.table.store(Arc::new(new));
         self.metrics.config_reloads.with_label_values(&["success"]).inc();
         let now = unix_now();

@@ -17,6 +17,8 @@ use tokio::sync::Semaphore;
 
 use crate::admin::AdminService;
 use crate::config::ConfigErrors;
+use crate::gate::{Migrations, Side};
+use crate::shadow::{Mirror, Outcome, OutcomeHook};
 use crate::metrics::Metrics;
 use crate::proxy::{ConnInfo, ProxyService, Shared};
 use crate::reload::Reloader;
@@ -42,8 +44,10 @@ pub struct RunConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    // The messages are in the text, so they are not also a `source`
+    // (which `main` would print a second time).
     #[error("the routes directory is not valid:\n{0}")]
-    Config(#[source] ConfigErrors),
+    Config(ConfigErrors),
 }
 
 /// Serves the proxy on `listener` and the admin API on `admin` until
@@ -56,24 +60,50 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let metrics = Metrics::new();
-    let reloader = Reloader::start(config.routes_dir.clone(), metrics.clone()).map_err(RunError::Config)?;
-    let shared = Arc::new(Shared { table: reloader.table(), metrics: metrics.clone() });
+    let migrations = Arc::new(Migrations::new(metrics.clone(), Some(config.state_dir.clone())));
+    let reloader = Reloader::start(config.routes_dir.clone(), metrics.clone(), migrations.clone())
+        .map_err(RunError::Config)?;
+    let mirror = Mirror::start(metrics.clone(), Some(gate_hook(migrations.clone())));
+    let shared = Arc::new(Shared {
+        table: reloader.table(),
+        metrics: metrics.clone(),
+        mirror: mirror.clone(),
+    });
+    let gate = migrations.clone().spawn_gate();
     let reloader = Arc::new(reloader);
     let watchers = config.watch.then(|| crate::reload::spawn_watchers(reloader.clone()));
     if let (Ok(proxy), Ok(admin)) = (listener.local_addr(), admin.local_addr()) {
         let version = reloader.table().load().version.clone();
         tracing::info!(listen = %proxy, admin = %admin, %version, "strangler is serving");
     }
-    let admin_service = AdminService::new(metrics.clone(), reloader.clone());
+    let admin_service = AdminService::new(metrics.clone(), reloader.clone(), migrations, mirror);
     let admin_task = tokio::spawn(serve_admin(admin, admin_service));
 
     let grace = reloader.table().load().server.shutdown_grace;
     serve_proxy(listener, shared, metrics, shutdown, grace).await;
     admin_task.abort();
+    gate.abort();
     if let Some(watchers) = watchers {
         watchers.abort();
     }
     Ok(())
+}
+
+/// Feeds shadow outcomes of migrating routes to their gate: the match
+/// rate, and the candidate's errors and latency in the shadow stage.
+fn gate_hook(migrations: Arc<Migrations>) -> OutcomeHook {
+    Arc::new(move |route: &str, outcome: Outcome, latency: Option<Duration>| {
+        let Some(migration) = migrations.get(route) else { return };
+        match outcome {
+            Outcome::Match | Outcome::Mismatch => migration.record_match(outcome == Outcome::Match),
+            Outcome::Error | Outcome::Dropped | Outcome::Skipped => {}
+        }
+        if migration.cell.is_shadow_stage() {
+            if let Some(latency) = latency {
+                migration.record(Side::New, outcome == Outcome::Error, latency);
+            }
+        }
+    })
 }
 
 async fn serve_proxy(

@@ -12,20 +12,24 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::{full, ProxyBody};
+use crate::gate::{MigrationError, Migrations};
 use crate::metrics::Metrics;
+use crate::shadow::Mirror;
 use crate::reload::{ReloadOutcome, Reloader};
 
 #[derive(Clone)]
 pub struct AdminService {
     metrics: Metrics,
     reloader: Arc<Reloader>,
+    migrations: Arc<Migrations>,
+    mirror: Mirror,
     token: Option<Arc<str>>,
 }
 
 impl AdminService {
-    pub fn new(metrics: Metrics, reloader: Arc<Reloader>) -> Self {
+    pub fn new(metrics: Metrics, reloader: Arc<Reloader>, migrations: Arc<Migrations>, mirror: Mirror) -> Self {
         let token = std::env::var("STRANGLER_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()).map(Into::into);
-        AdminService { metrics, reloader, token }
+        AdminService { metrics, reloader, migrations, mirror, token }
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
@@ -54,6 +58,29 @@ impl AdminService {
                     Err(_) => json(StatusCode::INTERNAL_SERVER_ERROR, &serde_json::json!({"error": "reload task failed"})),
                 }
             }
+            (&Method::GET, "/api/migrations") => json(StatusCode::OK, &self.migrations.views()),
+            (&Method::POST, path) if path.starts_with("/api/migrations/") => {
+                let rest = &path["/api/migrations/".len()..];
+                let Some((route, action)) = rest.rsplit_once('/') else {
+                    return json(StatusCode::NOT_FOUND, &serde_json::json!({"error": "not_found", "path": path}));
+                };
+                match self.migrations.command(route, action) {
+                    Ok(view) => json(StatusCode::OK, &view),
+                    Err(err @ MigrationError::UnknownRoute(_)) => json(StatusCode::NOT_FOUND, &serde_json::json!({"error": err.to_string()})),
+                    Err(err) => json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": err.to_string()})),
+                }
+            }
+            (&Method::GET, "/api/shadow/diffs") => {
+                let route = query_param(req.uri().query(), "route");
+                let diffs: Vec<serde_json::Value> = self
+                    .mirror
+                    .store
+                    .recent(route.as_deref())
+                    .into_iter()
+                    .map(|(route, diff)| serde_json::json!({"route": route, "diff": diff}))
+                    .collect();
+                json(StatusCode::OK, &serde_json::json!({"diffs": diffs, "noise_fields": self.mirror.store.all_noise()}))
+            }
             _ => json(StatusCode::NOT_FOUND, &serde_json::json!({"error": "not_found", "path": path})),
         }
     }
@@ -68,6 +95,13 @@ impl AdminService {
             .unwrap_or("");
         constant_time_eq(presented.as_bytes(), token.as_bytes())
     }
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then(|| value.to_string())
+    })
 }
 
 /// Compares without an early exit, so response time does not reveal how

@@ -40,6 +40,11 @@ fn route(snapshot: &Snapshot, route: &Route) -> Value {
                 .collect();
             json!({"split_percent": shares})
         }
+        Target::Migration(m) => json!({"migration": {
+            "from": &*snapshot.backend(m.from).name,
+            "to": &*snapshot.backend(m.to).name,
+            "weight": f64::from(m.cell.weight_bp()) / 10_000.0,
+        }}),
     };
     json!({
         "name": &*route.name,

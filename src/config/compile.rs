@@ -14,6 +14,7 @@ use super::error::{did_you_mean, ConfigError};
 use super::load::SourceFile;
 use super::route::{compile_route, RouteSource};
 use super::schema::{BackendSpec, ServerSpec};
+use crate::gate::Migrations;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::routing::{
     Backend, BackendId, BackendName, Conditions, HeaderOps, HostRewrite, PathMatch, Route,
@@ -26,6 +27,9 @@ pub struct CompileContext<'a> {
     pub metrics: &'a Metrics,
     /// Upstreams of this snapshot are reused when their settings are equal.
     pub previous: Option<&'a Snapshot>,
+    /// Where migrations live across reloads; `None` (e.g. `check`) builds
+    /// throwaway ones.
+    pub migrations: Option<&'a Migrations>,
 }
 
 /// A snapshot ready to serve, and the warnings found on the way.
@@ -76,7 +80,7 @@ pub fn compile(files: &[SourceFile], ctx: &CompileContext) -> Result<Compiled, V
             } else {
                 seen_names.insert(spec.name.clone(), location.clone());
             }
-            match compile_route(&source, location, &table, ctx.metrics, &backends) {
+            match compile_route(&source, location, &table, ctx, &backends) {
                 Ok(route) => routes.push(route),
                 Err(mut route_errors) => errors.append(&mut route_errors),
             }
@@ -259,6 +263,10 @@ fn default_route(backend: BackendId, backends: &[Backend], metrics: &Metrics) ->
         response_headers: HeaderOps::default(),
         host_rewrite: HostRewrite::PassThrough,
         max_body_bytes: None,
+        shadow: None,
+        is_shadow_stage_only: false,
+        migration: None,
+        migration_plan: None,
         fingerprint: 0,
     }
 }

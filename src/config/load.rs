@@ -125,12 +125,15 @@ fn explain_serde_message(message: &str) -> String {
         Some(cut) => &message[..cut],
         None => message,
     };
-    // "unknown field `bakend`, expected one of `name`, `match`, ..."
-    if let Some(rest) = message.strip_prefix("unknown field `") {
+    // "routes[0]: unknown field `bakend`, expected one of `name`, `match`, ..."
+    // (the key path before it is absent at the top level).
+    const UNKNOWN: &str = "unknown field `";
+    if let Some(start) = message.find(UNKNOWN) {
+        let (key_path, rest) = (&message[..start], &message[start + UNKNOWN.len()..]);
         if let Some((field, expected)) = rest.split_once('`') {
             let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
             let hint = did_you_mean(field, candidates.iter().copied());
-            return format!("unknown key `{field}`{hint}; {}", expected.trim_start_matches(", "));
+            return format!("{key_path}unknown key `{field}`{hint}; {}", expected.trim_start_matches(", "));
         }
     }
     message.to_string()

@@ -6,11 +6,14 @@ use std::sync::Arc;
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 
-use super::compile::BackendTable;
+use super::compile::{BackendTable, CompileContext};
+use super::traffic::{compile_migration, compile_shadow};
+use crate::gate::{Migration, MigrationPlan};
+use crate::shadow::ShadowPolicy;
 use super::error::ConfigError;
 use super::load::SourceFile;
 use super::schema::{HeaderOpsSpec, MatchSpec, RouteSpec, StickySpec, ValueMatchSpec};
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::metrics::RouteMetrics;
 use crate::routing::{
     Backend, BackendId, Conditions, HeaderOps, HostMatch, HostRewrite, PathMatch, Rewrite, Route,
     SourceLocation, Specificity, Split, StickyKey, Target, ValueMatch, BUCKETS,
@@ -25,13 +28,13 @@ pub(crate) struct RouteSource<'a> {
 }
 
 /// Collects this route's errors, each at the position of the offending key.
-struct Problems<'a> {
+pub(crate) struct Problems<'a> {
     source: &'a RouteSource<'a>,
     errors: Vec<ConfigError>,
 }
 
 impl Problems<'_> {
-    fn at(&mut self, key: &str, message: impl Into<String>) {
+    pub(crate) fn at(&mut self, key: &str, message: impl Into<String>) {
         let path = if key.is_empty() {
             self.source.key.to_string()
         } else {
@@ -46,7 +49,7 @@ pub(crate) fn compile_route(
     source: &RouteSource,
     declared_at: SourceLocation,
     backends: &BackendTable,
-    metrics: &Metrics,
+    ctx: &CompileContext,
     backend_list: &[Backend],
 ) -> Result<Route, Vec<ConfigError>> {
     let spec = source.spec;
@@ -56,7 +59,10 @@ pub(crate) fn compile_route(
     let fallback = spec.fallback.as_ref().and_then(|name| {
         backends.resolve(name).map_err(|m| problems.at("fallback", m)).ok()
     });
-    let target = compile_target(spec, fallback, backends, &mut problems);
+    let (target, migration, migration_shadow) = match compile_target(spec, fallback, backends, ctx, &mut problems) {
+        Some((target, migration, shadow)) => (Some(target), migration, shadow),
+        None => (None, None, None),
+    };
     let rewrite = compile_rewrite(spec, &path, &mut problems);
     let request_headers = compile_header_ops(spec.request_headers.as_ref(), "request_headers", &mut problems);
     let response_headers = compile_header_ops(spec.response_headers.as_ref(), "response_headers", &mut problems);
@@ -75,11 +81,14 @@ pub(crate) fn compile_route(
         None => HeaderName::from_static("idempotency-key"),
         Some(name) => header_name(name, "idempotency_header", &mut problems).unwrap_or(HeaderName::from_static("idempotency-key")),
     };
-    if let Some(shadow) = &spec.shadow {
-        if let Err(m) = backends.resolve(&shadow.backend) {
-            problems.at("shadow.backend", m);
-        }
-    }
+    let explicit_shadow = spec.shadow.as_ref().and_then(|s| compile_shadow(s, backends, &mut problems));
+    let is_shadow_stage_only = explicit_shadow.is_none() && migration_shadow.is_some();
+    let shadow = explicit_shadow.or(migration_shadow).map(Arc::new);
+    // A migration keeps its `from` as the fallback unless told otherwise.
+    let fallback = fallback.or(match &target {
+        Some(Target::Migration(m)) => Some(m.from),
+        _ => None,
+    });
     let (Some(path), Some(target)) = (path, target) else {
         return Err(problems.errors);
     };
@@ -89,7 +98,7 @@ pub(crate) fn compile_route(
     let name: Arc<str> = spec.name.as_str().into();
     let reachable = reachable_backends(&target, fallback, backend_list);
     Ok(Route {
-        metrics: RouteMetrics::new(metrics, &name, &reachable),
+        metrics: RouteMetrics::new(ctx.metrics, &name, &reachable),
         name,
         declared_at,
         specificity: Specificity::of(&path, &conditions),
@@ -104,6 +113,10 @@ pub(crate) fn compile_route(
         response_headers,
         host_rewrite,
         max_body_bytes: spec.max_body.map(|b| b.0),
+        shadow,
+        is_shadow_stage_only,
+        migration_plan: migration.as_ref().and_then(|m| m.1.clone()),
+        migration: migration.map(|m| m.0),
         fingerprint: fingerprint(spec),
     })
 }
@@ -120,6 +133,7 @@ fn reachable_backends(target: &Target, fallback: Option<BackendId>, backends: &[
     let mut ids: Vec<BackendId> = match target {
         Target::Backend(id) => vec![*id],
         Target::Split(split) => split.choices.iter().map(|c| c.backend).collect(),
+        Target::Migration(m) => vec![m.from, m.to],
     };
     ids.extend(fallback);
     ids.sort();
@@ -268,12 +282,15 @@ fn value_match(spec: &ValueMatchSpec, key: &str, problems: &mut Problems) -> Opt
     }
 }
 
+type CompiledTarget = (Target, Option<(Arc<Migration>, Option<Box<MigrationPlan>>)>, Option<ShadowPolicy>);
+
 fn compile_target(
     spec: &RouteSpec,
     fallback: Option<BackendId>,
     backends: &BackendTable,
+    ctx: &CompileContext,
     problems: &mut Problems,
-) -> Option<Target> {
+) -> Option<CompiledTarget> {
     let chosen = [spec.backend.is_some(), spec.split.is_some(), spec.migration.is_some()];
     match chosen.iter().filter(|c| **c).count() {
         0 => {
@@ -287,16 +304,17 @@ fn compile_target(
         }
     }
     if let Some(name) = &spec.backend {
-        return backends.resolve(name).map(Target::Backend).map_err(|m| problems.at("backend", m)).ok();
+        let target = backends.resolve(name).map_err(|m| problems.at("backend", m)).ok()?;
+        return Some((Target::Backend(target), None, None));
     }
     if let Some(migration) = &spec.migration {
-        // Until the gate moves it, a migration serves everything from `from`.
-        let to = backends.resolve(&migration.to).map_err(|m| problems.at("migration.to", m)).ok();
-        let from = backends.resolve(&migration.from).map_err(|m| problems.at("migration.from", m)).ok();
-        return from.zip(to).map(|(from, _)| Target::Backend(from));
+        let sticky = migration.sticky.as_ref().or(spec.sticky.as_ref()).and_then(|s| sticky_key(s, problems));
+        let (target, migration, plan, shadow) =
+            compile_migration(migration, &spec.name, sticky, backends, ctx.migrations, problems)?;
+        return Some((Target::Migration(target), Some((migration, Some(Box::new(plan)))), Some(shadow)));
     }
     let split = spec.split.as_ref()?;
-    compile_split(split, spec, fallback, backends, problems).map(Target::Split)
+    compile_split(split, spec, fallback, backends, problems).map(|s| (Target::Split(s), None, None))
 }
 
 fn compile_split(

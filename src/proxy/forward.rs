@@ -12,8 +12,10 @@ use hyper::body::Incoming;
 
 use super::headers::{self, ForwardedFor};
 use super::{upgrade, ProxyError, RequestCtx};
-use crate::body::{boxed, empty, IdleTimeoutBody, LimitedBody, ProxyBody};
-use crate::routing::{BackendId, Decision, HostRewrite, Route, Snapshot};
+use crate::body::{boxed, empty, BodyTooLarge, IdleTimeoutBody, LimitedBody, ProxyBody};
+use crate::gate::Side;
+use crate::routing::{bucket_of, BackendId, Decision, HostRewrite, Route, Snapshot, Target, BUCKETS};
+use crate::shadow::{Mirror, PrimaryAnswer, RequestBody, ShadowJob, ShadowPolicy, TeeBody};
 use crate::upstream::UpstreamError;
 
 /// The upstream request line and headers, kept so a fallback can resend them.
@@ -25,6 +27,7 @@ struct UpstreamHead {
 }
 
 pub(crate) async fn forward(
+    mirror: &Mirror,
     snapshot: &Snapshot,
     decision: &Decision<'_>,
     req: Request<Incoming>,
@@ -49,6 +52,15 @@ pub(crate) async fn forward(
         Some(limit) => boxed(LimitedBody::new(body, limit)),
         None => boxed(body),
     };
+    let shadow = shadow_policy(snapshot, route, &parts.method, &ctx.request_id).filter(|_| !head.is_upgrade);
+    let (body, request_copy) = match (shadow, is_bodiless) {
+        (Some(policy), false) => {
+            let (tee, copied) = TeeBody::new(body, policy.max_body_bytes);
+            (boxed(tee), Some(RequestBody::Teed(copied)))
+        }
+        (Some(_), true) => (body, Some(RequestBody::Empty)),
+        (None, _) => (body, None),
+    };
 
     let mut backend = decision.primary;
     let mut outcome = send(snapshot, route, backend, &head, body).await;
@@ -59,10 +71,71 @@ pub(crate) async fn forward(
     }
 
     let result = match outcome {
-        Ok(response) => Ok(upstream_response(snapshot, route, backend, response, client_upgrade, ctx)),
+        Ok(response) => {
+            let response = upstream_response(snapshot, route, backend, response, client_upgrade, ctx);
+            Ok(match (shadow, request_copy) {
+                (Some(policy), Some(copy)) => mirror_response(mirror, snapshot, route, policy, &head, copy, response, ctx),
+                _ => response,
+            })
+        }
         Err(err) => Err(err),
     };
     finish(snapshot, route, backend, &parts.method, result, ctx)
+}
+
+/// The route's shadow policy, when this request is to be mirrored.
+fn shadow_policy<'s>(snapshot: &Snapshot, route: &'s Route, method: &Method, request_id: &HeaderValue) -> Option<&'s ShadowPolicy> {
+    let _ = snapshot;
+    let policy = route.shadow.as_deref()?;
+    if route.is_shadow_stage_only && !route.migration.as_ref().is_some_and(|m| m.cell.is_shadow_stage()) {
+        return None;
+    }
+    if !policy.methods.contains(method) {
+        return None;
+    }
+    // Sampling by request id: a retried request (same id) is sampled alike.
+    let is_sampled = policy.sample_bp >= BUCKETS || bucket_of(route.metrics_salt(), request_id.as_bytes()) < policy.sample_bp;
+    is_sampled.then_some(policy)
+}
+
+/// Tees the primary's answer to the client and queues the comparison.
+#[allow(clippy::too_many_arguments)]
+fn mirror_response(
+    mirror: &Mirror,
+    snapshot: &Snapshot,
+    route: &Route,
+    policy: &ShadowPolicy,
+    head: &UpstreamHead,
+    request_body: RequestBody,
+    response: Response<ProxyBody>,
+    ctx: &RequestCtx,
+) -> Response<ProxyBody> {
+    let (parts, body) = response.into_parts();
+    let (tee, copied) = TeeBody::new(body, policy.max_body_bytes);
+    let path_and_query = match (&policy.path, head.path_and_query.split_once('?')) {
+        (Some(path), Some((_, query))) => format!("{path}?{query}"),
+        (Some(path), None) => path.to_string(),
+        (None, _) => head.path_and_query.clone(),
+    };
+    mirror.submit(ShadowJob {
+        route: route.name.clone(),
+        request_id: ctx.request_id.to_str().unwrap_or("").to_string(),
+        method: head.method.clone(),
+        path_and_query,
+        headers: head.headers.clone(),
+        body: request_body,
+        candidate: snapshot.backend(policy.backend).upstream.clone(),
+        secondary: policy.secondary.map(|id| snapshot.backend(id).upstream.clone()),
+        rules: policy.rules.clone(),
+        max_body_bytes: policy.max_body_bytes,
+        primary: PrimaryAnswer {
+            status: parts.status.as_u16(),
+            headers: parts.headers.clone(),
+            latency: ctx.started.elapsed(),
+            body: copied,
+        },
+    });
+    Response::from_parts(parts, boxed(tee))
 }
 
 /// The backend to try next after a failed or unavailable answer, if a
@@ -114,6 +187,11 @@ async fn send(
     }
     let started = std::time::Instant::now();
     let result = upstream.send(request).await;
+    // A streamed body that outgrew `max_body` is the client's fault, not
+    // the backend's: answer 413, and count no upstream error.
+    if let Some(limit) = result.as_ref().err().and_then(body_limit_exceeded) {
+        return Err(ProxyError::BodyTooLarge { limit });
+    }
     if let Some(series) = route.metrics.series(backend) {
         match &result {
             Ok(_) => series.upstream_duration.observe(started.elapsed().as_secs_f64()),
@@ -124,6 +202,18 @@ async fn send(
         tracing::debug!(route = %route.name, backend = %err.backend(), error = %err, "upstream exchange failed");
         ProxyError::Upstream(err)
     })
+}
+
+/// The limit, when `LimitedBody` is what broke the exchange.
+fn body_limit_exceeded(err: &UpstreamError) -> Option<u64> {
+    let mut cause = std::error::Error::source(err);
+    while let Some(c) = cause {
+        if let Some(BodyTooLarge(limit)) = c.downcast_ref::<BodyTooLarge>() {
+            return Some(*limit);
+        }
+        cause = c.source();
+    }
+    None
 }
 
 /// Method, path and headers as the backend will see them.
@@ -213,12 +303,21 @@ fn finish(
     };
     let status = response.status().as_u16();
     let elapsed = ctx.started.elapsed();
+    let is_failure = error.is_some()
+        || match &route.migration {
+            Some(migration) => migration.is_failure(status),
+            None => status >= 500,
+        };
     if let Some(series) = route.metrics.series(backend) {
         series.count_request(method, status);
         series.duration.observe(elapsed.as_secs_f64());
-        if status >= 500 || error.is_some() {
+        if is_failure {
             series.failures.inc();
         }
+    }
+    if let (Some(migration), Target::Migration(target)) = (&route.migration, &route.target) {
+        let side = if backend == target.to { Side::New } else { Side::Old };
+        migration.record(side, is_failure, elapsed);
     }
     tracing::info!(
         target: "access",

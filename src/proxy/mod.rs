@@ -23,6 +23,7 @@ use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
 use crate::metrics::Metrics;
+use crate::shadow::Mirror;
 use crate::routing::{RequestView, Snapshot, DEFAULT_ROUTE};
 
 pub use self::error::{json_error, ProxyError};
@@ -31,6 +32,7 @@ pub use self::error::{json_error, ProxyError};
 pub struct Shared {
     pub table: Arc<ArcSwap<Snapshot>>,
     pub metrics: Metrics,
+    pub mirror: Mirror,
 }
 
 /// The client side of one connection.
@@ -95,7 +97,7 @@ async fn handle(shared: &Shared, conn: ConnInfo, req: Request<Incoming>) -> Resp
         headers: req.headers(),
         client_ip: conn.peer.ip(),
     });
-    forward::forward(&snapshot, &decision, req, &path, host, &ctx).await
+    forward::forward(&shared.mirror, &snapshot, &decision, req, &path, host, &ctx).await
 }
 
 /// The host the client addressed: the URI authority (HTTP/2, absolute

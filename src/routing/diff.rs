@@ -48,6 +48,11 @@ impl RouteChanges {
 fn shares(snapshot: &Snapshot, target: &Target) -> Vec<(String, u32)> {
     let mut out: Vec<(String, u32)> = match target {
         Target::Backend(id) => vec![(snapshot.backend(*id).name.to_string(), BUCKETS)],
+        // The share moves with the gate, not with the file.
+        Target::Migration(m) => vec![
+            (format!("{} (migrating from)", snapshot.backend(m.from).name), BUCKETS),
+            (format!("{} (migrating to)", snapshot.backend(m.to).name), 0),
+        ],
         Target::Split(split) => {
             let mut lower = 0;
             split

@@ -22,7 +22,7 @@ pub fn explain<'s>(snapshot: &'s Snapshot, req: &RequestView) -> Explanation<'s>
         None => req.path.to_string(),
     };
     let mut candidates: Vec<&Route> = snapshot.routes.iter().filter(|r| path_fits(&r.path, req.path)).collect();
-    candidates.sort_by(|a, b| b.specificity.cmp(&a.specificity));
+    candidates.sort_by_key(|r| std::cmp::Reverse(r.specificity));
     let considered = candidates
         .into_iter()
         .map(|route| (route, rejection(route, req)))
@@ -118,6 +118,15 @@ impl fmt::Display for Explanation<'_> {
                 _ => "per request (no sticky key); this run drew one at random".into(),
             };
             writeln!(f, "split:     {} ({how})", shares.join(", "))?;
+        }
+        if let Target::Migration(m) = &route.target {
+            let share = f64::from(m.cell.weight_bp()) / 100.0;
+            let stage = if m.cell.is_shadow_stage() { "shadow stage: mirrored to the new service" } else { "gated" };
+            writeln!(f, "migration: {} -> {}, {share}% on the new service ({stage})",
+                self.snapshot.backend(m.from).name, self.snapshot.backend(m.to).name)?;
+        }
+        if let Some(shadow) = &route.shadow {
+            writeln!(f, "shadow:    {} ({}% sampled)", self.snapshot.backend(shadow.backend).name, f64::from(shadow.sample_bp) / 100.0)?;
         }
         if let Some(fallback) = route.fallback {
             writeln!(f, "fallback:  {}", self.snapshot.backend(fallback).name)?;

@@ -16,14 +16,16 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
+use crate::gate::{Migration, MigrationCell, MigrationPlan};
 use crate::metrics::RouteMetrics;
+use crate::shadow::ShadowPolicy;
 use crate::upstream::Upstream;
 
 pub use self::diff::RouteChanges;
 pub use self::explain::{explain, Explanation};
 pub use self::matcher::{Conditions, HostMatch, PathMatch, PathParams, Specificity, ValueMatch};
 pub(crate) use self::matcher::RouteIndex;
-pub use self::split::{bucket_of, Split, SplitChoice, StickyKey, BUCKETS};
+pub use self::split::{bucket_of, request_bucket, salt_of, Split, SplitChoice, StickyKey, BUCKETS};
 pub use self::transform::{HeaderOps, Rewrite};
 
 /// A route's name; cheap to clone, used as a metric label.
@@ -68,6 +70,31 @@ impl fmt::Display for SourceLocation {
 pub enum Target {
     Backend(BackendId),
     Split(Split),
+    /// A gated migration: the share on `to` is the migration's current weight.
+    Migration(MigrationTarget),
+}
+
+/// The request-time part of a migration: a lock-free weight.
+#[derive(Debug, Clone)]
+pub struct MigrationTarget {
+    pub from: BackendId,
+    pub to: BackendId,
+    pub cell: Arc<MigrationCell>,
+    pub sticky: Option<StickyKey>,
+    pub salt: u64,
+}
+
+impl MigrationTarget {
+    /// The new service owns buckets below the weight, so raising the
+    /// weight only moves users onto it (monotone, as for `split`).
+    pub fn choose(&self, headers: &HeaderMap, client_ip: IpAddr) -> (BackendId, Option<u32>) {
+        let weight = self.cell.weight_bp();
+        if weight == 0 {
+            return (self.from, None);
+        }
+        let bucket = request_bucket(self.sticky.as_ref(), self.salt, headers, client_ip);
+        (if bucket < weight { self.to } else { self.from }, Some(bucket))
+    }
 }
 
 /// What `Host` the upstream request carries.
@@ -99,6 +126,13 @@ pub struct Route {
     pub response_headers: HeaderOps,
     pub host_rewrite: HostRewrite,
     pub max_body_bytes: Option<u64>,
+    pub shadow: Option<Arc<ShadowPolicy>>,
+    /// The shadow policy applies only while the migration is in its shadow stage.
+    pub is_shadow_stage_only: bool,
+    pub migration: Option<Arc<Migration>>,
+    /// The plan as this snapshot's files state it; applied to the shared
+    /// migration when the snapshot is swapped in.
+    pub migration_plan: Option<Box<MigrationPlan>>,
     pub metrics: RouteMetrics,
     /// A hash of the route's source entry: equal means unchanged.
     pub fingerprint: u64,
@@ -154,6 +188,13 @@ pub struct Decision<'s> {
     pub bucket: Option<u32>,
 }
 
+impl Route {
+    /// The hash salt of this route (for sampling decisions).
+    pub fn metrics_salt(&self) -> u64 {
+        salt_of(&self.name)
+    }
+}
+
 impl Snapshot {
     /// The route for this request (most specific wins), and its backend.
     pub fn select(&self, req: &RequestView) -> Decision<'_> {
@@ -178,6 +219,7 @@ impl Snapshot {
                     .unwrap_or(self.default_backend());
                 (backend, Some(bucket))
             }
+            Target::Migration(migration) => migration.choose(req.headers, req.client_ip),
         };
         Decision {
             route,
@@ -194,7 +236,7 @@ impl Snapshot {
     pub fn default_backend(&self) -> BackendId {
         match self.default_route.target {
             Target::Backend(id) => id,
-            Target::Split(_) => BackendId(0),
+            Target::Split(_) | Target::Migration(_) => BackendId(0),
         }
     }
 

@@ -64,7 +64,7 @@ impl Split {
         Split {
             choices,
             sticky,
-            salt: fnv1a(0xcbf2_9ce4_8422_2325, salt_source.as_bytes()),
+            salt: salt_of(salt_source),
         }
     }
 
@@ -81,21 +81,31 @@ impl Split {
     /// The bucket of this request: from its sticky key when it has one,
     /// otherwise random (per request).
     pub fn bucket(&self, headers: &HeaderMap, client_ip: IpAddr) -> u32 {
-        let key = match &self.sticky {
-            Some(StickyKey::Header(name)) => headers.get(name).map(|v| v.as_bytes()),
-            Some(StickyKey::Cookie(name)) => cookie_value(headers, name),
-            Some(StickyKey::ClientIp) => {
-                return match client_ip {
-                    IpAddr::V4(ip) => bucket_of(self.salt, &ip.octets()),
-                    IpAddr::V6(ip) => bucket_of(self.salt, &ip.octets()),
-                }
+        request_bucket(self.sticky.as_ref(), self.salt, headers, client_ip)
+    }
+}
+
+/// The salt of a route's hash, from its name.
+pub fn salt_of(route: &str) -> u64 {
+    fnv1a(0xcbf2_9ce4_8422_2325, route.as_bytes())
+}
+
+/// A request's bucket: the hash of its sticky key, or random without one.
+pub fn request_bucket(sticky: Option<&StickyKey>, salt: u64, headers: &HeaderMap, client_ip: IpAddr) -> u32 {
+    let key = match sticky {
+        Some(StickyKey::Header(name)) => headers.get(name).map(|v| v.as_bytes()),
+        Some(StickyKey::Cookie(name)) => cookie_value(headers, name),
+        Some(StickyKey::ClientIp) => {
+            return match client_ip {
+                IpAddr::V4(ip) => bucket_of(salt, &ip.octets()),
+                IpAddr::V6(ip) => bucket_of(salt, &ip.octets()),
             }
-            None => None,
-        };
-        match key {
-            Some(key) => bucket_of(self.salt, key),
-            None => fastrand::u32(..BUCKETS),
         }
+        None => None,
+    };
+    match key {
+        Some(key) => bucket_of(salt, key),
+        None => fastrand::u32(..BUCKETS),
     }
 }
 

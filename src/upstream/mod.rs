@@ -139,11 +139,11 @@ impl Upstream {
         } else {
             format!("{}{}", self.base_path, path_and_query).parse()?
         };
-        Ok(Uri::builder()
+        Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query(full)
-            .build()?)
+            .build()
     }
 
     /// Sends a request whose URI is already absolute (`uri_for`) and waits

@@ -1,0 +1,242 @@
+//! Mirroring: shadow jobs queue here and run off the client's path.
+//!
+//! The proxy hands a job over with `try_send` once the primary's response
+//! headers are in, and never waits: a full queue drops the job and counts
+//! it. A dispatcher runs at most `concurrency` jobs at once; each sends the
+//! request copy to the candidate, waits for both bodies (bounded copies),
+//! compares them and records the outcome.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request};
+use http_body_util::{BodyExt, Limited};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::compare::{compare, Answer, CompareRules};
+use super::store::{excerpt, redacted_headers, DiffRecord, DiffStore, FieldDiff};
+use super::tee::Copied;
+use crate::body::full;
+use crate::metrics::Metrics;
+use crate::proxy::headers::X_STRANGLER_SHADOW;
+use crate::routing::RouteName;
+use crate::upstream::Upstream;
+
+/// Jobs waiting for a slot; the next one is dropped and counted.
+const QUEUE: usize = 1024;
+/// Jobs running at once.
+const CONCURRENCY: usize = 64;
+/// A job that has not finished by then (e.g. the client never read the
+/// primary body) ends as an error, freeing its slot.
+const JOB_DEADLINE: Duration = Duration::from_secs(60);
+
+/// What a comparison concluded, for metrics and the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Match,
+    Mismatch,
+    Error,
+    Dropped,
+    Skipped,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Match => "match",
+            Outcome::Mismatch => "mismatch",
+            Outcome::Error => "error",
+            Outcome::Dropped => "dropped",
+            Outcome::Skipped => "skipped",
+        }
+    }
+}
+
+/// Told of every finished comparison (the gate's match-rate evidence).
+pub type OutcomeHook = Arc<dyn Fn(&str, Outcome, Option<Duration>) + Send + Sync>;
+
+/// The primary's answer, as the client received it.
+pub struct PrimaryAnswer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub latency: Duration,
+    pub body: oneshot::Receiver<Copied>,
+}
+
+pub enum RequestBody {
+    Empty,
+    Teed(oneshot::Receiver<Copied>),
+}
+
+pub struct ShadowJob {
+    pub route: RouteName,
+    pub request_id: String,
+    pub method: Method,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: RequestBody,
+    pub candidate: Arc<Upstream>,
+    pub secondary: Option<Arc<Upstream>>,
+    pub rules: Arc<CompareRules>,
+    pub max_body_bytes: usize,
+    pub primary: PrimaryAnswer,
+}
+
+/// The sending side; cheap to clone.
+#[derive(Clone)]
+pub struct Mirror {
+    tx: mpsc::Sender<ShadowJob>,
+    metrics: Metrics,
+    pub store: Arc<DiffStore>,
+}
+
+impl Mirror {
+    /// Starts the dispatcher; must run inside a tokio runtime.
+    pub fn start(metrics: Metrics, hook: Option<OutcomeHook>) -> Mirror {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let store = Arc::new(DiffStore::default());
+        let worker = Worker { metrics: metrics.clone(), store: store.clone(), hook };
+        tokio::spawn(dispatch(rx, Arc::new(worker)));
+        Mirror { tx, metrics, store }
+    }
+
+    /// Queues a job, or drops and counts it when the queue is full.
+    pub fn submit(&self, job: ShadowJob) {
+        if let Err(err) = self.tx.try_send(job) {
+            let job = match err {
+                mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => job,
+            };
+            self.metrics.shadow_requests.with_label_values(&[&job.route, Outcome::Dropped.as_str()]).inc();
+        }
+    }
+}
+
+async fn dispatch(mut rx: mpsc::Receiver<ShadowJob>, worker: Arc<Worker>) {
+    let slots = Arc::new(Semaphore::new(CONCURRENCY));
+    while let Some(job) = rx.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let worker = worker.clone();
+        let route = job.route.clone();
+        let task = tokio::spawn({
+            let worker = worker.clone();
+            async move {
+                let outcome = match tokio::time::timeout(JOB_DEADLINE, worker.run(job)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => (Outcome::Error, None),
+                };
+                drop(slot);
+                outcome
+            }
+        });
+        // A panic in a comparison ends that job as an error; the client was
+        // answered long ago and nothing else is affected.
+        tokio::spawn(async move {
+            let (outcome, latency) = task.await.unwrap_or((Outcome::Error, None));
+            worker.record(&route, outcome, latency);
+        });
+    }
+}
+
+struct Worker {
+    metrics: Metrics,
+    store: Arc<DiffStore>,
+    hook: Option<OutcomeHook>,
+}
+
+impl Worker {
+    fn record(&self, route: &str, outcome: Outcome, candidate_latency: Option<Duration>) {
+        self.metrics.shadow_requests.with_label_values(&[route, outcome.as_str()]).inc();
+        if let Some(hook) = &self.hook {
+            hook(route, outcome, candidate_latency);
+        }
+    }
+
+    async fn run(&self, mut job: ShadowJob) -> (Outcome, Option<Duration>) {
+        let request_body = match std::mem::replace(&mut job.body, RequestBody::Empty) {
+            RequestBody::Empty => Bytes::new(),
+            RequestBody::Teed(copied) => match copied.await {
+                Ok(Copied::Complete(bytes)) => bytes,
+                _ => return (Outcome::Skipped, None),
+            },
+        };
+        let started = Instant::now();
+        let candidate = send(&job.candidate, &job, request_body.clone(), job.max_body_bytes).await;
+        let candidate_latency = started.elapsed();
+        let secondary = match &job.secondary {
+            Some(upstream) => send(upstream, &job, request_body, job.max_body_bytes).await.ok(),
+            None => None,
+        };
+        let primary_body = match job.primary.body.await {
+            Ok(Copied::Complete(bytes)) => bytes,
+            _ => return (Outcome::Skipped, None),
+        };
+        let route = &*job.route;
+        self.metrics.shadow_duration.with_label_values(&[route, "primary"]).observe(job.primary.latency.as_secs_f64());
+        let Ok((status, headers, body)) = candidate else {
+            return (Outcome::Error, Some(candidate_latency));
+        };
+        self.metrics.shadow_duration.with_label_values(&[route, "candidate"]).observe(candidate_latency.as_secs_f64());
+        let primary = Answer { status: job.primary.status, headers: &job.primary.headers, body: &primary_body };
+        if let Some((s_status, s_headers, s_body)) = &secondary {
+            // Fields that differ between two primary answers are noise.
+            let second = Answer { status: *s_status, headers: s_headers, body: s_body };
+            let noise = compare(&job.rules, &primary, &second);
+            self.store.learn_noise(route, noise.differences.into_iter().map(|d| d.field));
+        }
+        let comparison = compare(&job.rules, &primary, &Answer { status, headers: &headers, body: &body });
+        if comparison.is_match() {
+            return (Outcome::Match, Some(candidate_latency));
+        }
+        let known_noise = self.store.noise(route);
+        let (noise, real): (Vec<_>, Vec<_>) =
+            comparison.differences.into_iter().partition(|d| known_noise.contains(&d.field));
+        if real.is_empty() && comparison.total_differences == noise.len() {
+            return (Outcome::Match, Some(candidate_latency));
+        }
+        for difference in &real {
+            let label = self.store.field_label(route, &difference.field);
+            self.metrics.shadow_field_mismatches.with_label_values(&[route, &label]).inc();
+        }
+        let record = DiffRecord {
+            at_unix_ms: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            request_id: job.request_id,
+            method: job.method.to_string(),
+            path: job.path_and_query,
+            request_headers: redacted_headers(&job.headers),
+            primary_status: job.primary.status,
+            candidate_status: status,
+            differences: real
+                .into_iter()
+                .map(|d| FieldDiff { path: d.path, kind: d.kind.as_str(), primary: d.primary, candidate: d.candidate })
+                .collect(),
+            total_differences: comparison.total_differences,
+            noise: noise.into_iter().map(|d| d.field).collect(),
+            primary_body: excerpt(&primary_body),
+            candidate_body: excerpt(&body),
+        };
+        self.store.push(route, record);
+        (Outcome::Mismatch, Some(candidate_latency))
+    }
+}
+
+/// Sends the mirrored request and reads the answer, body capped.
+async fn send(
+    upstream: &Upstream,
+    job: &ShadowJob,
+    body: Bytes,
+    max_body_bytes: usize,
+) -> Result<(u16, HeaderMap, Bytes), ()> {
+    let uri = upstream.uri_for(&job.path_and_query).map_err(|_| ())?;
+    let mut request = Request::new(full(body));
+    *request.method_mut() = job.method.clone();
+    *request.uri_mut() = uri;
+    *request.headers_mut() = job.headers.clone();
+    request.headers_mut().insert(&X_STRANGLER_SHADOW, HeaderValue::from_static("1"));
+    let response = upstream.send(request).await.map_err(|err| {
+        tracing::debug!(route = %job.route, error = %err, "shadow request failed");
+    })?;
+    let (parts, body) = response.into_parts();
+    let body = Limited::new(body, max_body_bytes).collect().await.map_err(|_| ())?.to_bytes();
+    Ok((parts.status.as_u16(), parts.headers, body))
+}
