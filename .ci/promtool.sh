@@ -35,7 +35,8 @@ RULE_FILES = ["deploy/prometheus/recording.rules.yml", "deploy/prometheus/alerts
 # The metric contract (DESIGN.md, issue 6). Dashboards and rules may use
 # these and nothing else that starts with strangler_.
 HISTOGRAMS = ["strangler_request_duration_seconds", "strangler_upstream_duration_seconds",
-              "strangler_shadow_duration_seconds"]
+              "strangler_shadow_duration_seconds", "strangler_request_body_bytes",
+              "strangler_response_body_bytes"]
 CONTRACT = {
     "strangler_requests_total", "strangler_request_failures_total",
     "strangler_upstream_errors_total", "strangler_inflight_requests",

@@ -156,3 +156,68 @@ where
         self.inner.size_hint()
     }
 }
+
+/// The body slot shared by a `ReclaimableBody` and its `Reclaim` handle.
+struct Slot {
+    body: Option<ProxyBody>,
+    is_touched: bool,
+}
+
+/// A body that can be taken back when the exchange failed before reading
+/// any of it (connection refused, circuit open): the request can then go
+/// to another backend, streamed, without having been buffered.
+pub struct ReclaimableBody {
+    slot: std::sync::Arc<std::sync::Mutex<Slot>>,
+}
+
+pub struct Reclaim {
+    slot: std::sync::Arc<std::sync::Mutex<Slot>>,
+}
+
+/// Wraps `body`; the `Reclaim` gives it back if it was never polled.
+pub fn reclaimable(body: ProxyBody) -> (ReclaimableBody, Reclaim) {
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(Slot { body: Some(body), is_touched: false }));
+    (ReclaimableBody { slot: slot.clone() }, Reclaim { slot })
+}
+
+impl Reclaim {
+    /// The body, if nothing of it was read (or it was empty).
+    pub fn take_untouched(self) -> Option<ProxyBody> {
+        let mut slot = self.slot.lock().ok()?;
+        let is_empty = slot.body.as_ref().is_some_and(|b| b.is_end_stream());
+        if slot.is_touched && !is_empty {
+            return None;
+        }
+        slot.body.take()
+    }
+}
+
+impl Body for ReclaimableBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    // std Mutex, uncontended: only the connection task polls the body, and
+    // the `Reclaim` handle is used after the exchange ended.
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Ok(mut slot) = self.slot.lock() else {
+            return Poll::Ready(Some(Err("request body lock poisoned".into())));
+        };
+        slot.is_touched = true;
+        match slot.body.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.slot.lock().map(|s| s.body.as_ref().is_none_or(|b| b.is_end_stream())).unwrap_or(true)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.slot
+            .lock()
+            .ok()
+            .and_then(|s| s.body.as_ref().map(|b| b.size_hint()))
+            .unwrap_or_else(|| SizeHint::with_exact(0))
+    }
+}

@@ -34,6 +34,22 @@ pub enum Command {
     Explain(ExplainArgs),
     /// The route-level change between two routes directories.
     Diff { old: PathBuf, new: PathBuf },
+    /// Start a demo monolith, two new services, the proxy and steady
+    /// traffic, and watch one migration complete and one roll back.
+    Demo(DemoArgs),
+    /// Watch and drive gated migrations through the admin API.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[arg(value_parser = ["status", "promote", "pause", "resume", "rollback"])]
+    pub action: String,
+    /// The route; required for every action but `status`.
+    pub route: Option<String>,
+    /// Base URL of the admin API.
+    #[arg(long, env = "STRANGLER_ADMIN_URL", default_value = "http://127.0.0.1:9090")]
+    pub admin: String,
 }
 
 #[derive(Debug, Args)]
@@ -44,6 +60,9 @@ pub struct RunArgs {
     pub listen: SocketAddr,
     #[arg(long, env = "STRANGLER_ADMIN", default_value = "127.0.0.1:9090")]
     pub admin: SocketAddr,
+    /// Also serve TLS here, with the certificates of `server.tls`.
+    #[arg(long = "tls-listen", env = "STRANGLER_TLS_LISTEN")]
+    pub tls_listen: Option<SocketAddr>,
     #[arg(long = "state-dir", env = "STRANGLER_STATE_DIR", default_value = "state")]
     pub state_dir: PathBuf,
     /// Worker threads; default: all cores.
@@ -65,6 +84,21 @@ pub struct ExplainArgs {
     pub headers: Vec<String>,
 }
 
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub admin: SocketAddr,
+    /// Where the demo writes its routes and migration state; default: a
+    /// fresh temporary directory, so an earlier run never interferes.
+    #[arg(long = "state-dir")]
+    pub state_dir: Option<PathBuf>,
+    /// Stop after this long (e.g. `90s`); default: run until Ctrl-C.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error("cannot bind {what} listener on {addr}")]
@@ -82,6 +116,10 @@ pub enum CliError {
     BadArgument { what: &'static str, value: String },
     #[error("{0}")]
     Config(ConfigErrors),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::client::AdminClientError),
+    #[error("the demo failed")]
+    Demo(#[from] crate::demo::DemoError),
 }
 
 pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
@@ -90,6 +128,8 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Check { dir } => Ok(check(&dir)),
         Command::Explain(args) => explain_request(args).map(|()| ExitCode::SUCCESS),
         Command::Diff { old, new } => diff(&old, &new).map(|()| ExitCode::SUCCESS),
+        Command::Demo(args) => demo(args).map(|()| ExitCode::SUCCESS),
+        Command::Migrate(args) => migrate(args).map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -111,10 +151,58 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         let admin = tokio::net::TcpListener::bind(args.admin)
             .await
             .map_err(|source| CliError::Bind { what: "admin", addr: args.admin, source })?;
+        let tls = match args.tls_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| CliError::Bind { what: "TLS", addr, source })?,
+            ),
+            None => None,
+        };
         let config = crate::RunConfig { routes_dir: args.routes, state_dir: args.state_dir, watch: true };
-        crate::run(listener, admin, config, shutdown_signal()).await?;
+        let listeners = crate::Listeners { proxy: listener, tls, admin };
+        crate::serve(listeners, config, shutdown_signal()).await?;
         Ok(())
     })
+}
+
+fn migrate(args: MigrateArgs) -> Result<(), CliError> {
+    use crate::admin::client::{call, migrations_table};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(CliError::Runtime)?;
+    let answer = runtime.block_on(async {
+        match (args.action.as_str(), &args.route) {
+            ("status", None) => call(&args.admin, Method::GET, "/api/migrations").await,
+            ("status", Some(route)) => {
+                let all = call(&args.admin, Method::GET, "/api/migrations").await?;
+                let one: Vec<serde_json::Value> =
+                    all.as_array().into_iter().flatten().filter(|v| v["route"] == route.as_str()).cloned().collect();
+                Ok(serde_json::Value::Array(one))
+            }
+            (action, Some(route)) => call(&args.admin, Method::POST, &format!("/api/migrations/{route}/{action}")).await,
+            (_, None) => Err(crate::admin::client::AdminClientError::Url(format!("`{}` needs a ROUTE", args.action))),
+        }
+    })?;
+    print!("{}", migrations_table(&answer));
+    Ok(())
+}
+
+fn demo(args: DemoArgs) -> Result<(), CliError> {
+    // Warnings only: the access log at 100 requests a second would bury
+    // the table, and the table already reports every gate decision.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,strangler::gate=error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let report = runtime(None)?.block_on(crate::demo::demo(
+        args.listen,
+        args.admin,
+        args.state_dir,
+        args.duration,
+    ))?;
+    println!("\n{report}");
+    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT.

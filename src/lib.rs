@@ -12,13 +12,16 @@
 //! - `reload`: load routes/, swap the snapshot, keep the old one on error.
 //! - `server`: listeners, connections, graceful shutdown.
 //! - `telemetry`: logging and the access log.
+//! - `tls`: TLS termination: certificates by SNI, reloaded when their files change.
 //! - `cli`: the command line, for `main`.
+//! - `demo`: `strangler demo`: demo backends, routes and traffic around the proxy.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod gate;
 pub mod metrics;
 pub mod proxy;
@@ -27,6 +30,7 @@ pub mod routing;
 pub mod server;
 pub mod shadow;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 
-pub use server::{run, RunConfig, RunError};
+pub use server::{run, serve, Listeners, RunConfig, RunError};

@@ -188,9 +188,16 @@ fn watch_dir(reloader: &Reloader, tx: tokio::sync::mpsc::Sender<&'static str>) -
 }
 
 fn spawn_sighup(tx: tokio::sync::mpsc::Sender<&'static str>) -> tokio::task::JoinHandle<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Installed here, not in the task: until the handler is in place a
+    // SIGHUP takes its default action and terminates the process, and the
+    // task may not have run yet when the proxy already says it is serving.
+    let hangups = signal(SignalKind::hangup());
+    if let Err(err) = &hangups {
+        tracing::warn!(error = %err, "cannot handle SIGHUP; reload with POST /api/reload");
+    }
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
+        let Ok(mut hangups) = hangups else { return };
         while hangups.recv().await.is_some() {
             let _ = tx.try_send("SIGHUP");
         }

@@ -1,7 +1,9 @@
 //! Logging: the tracing subscriber, in text or JSON, filtered by `RUST_LOG`.
 //!
 //! The access log is the `access` target at INFO, one line per request
-//! with route, backend, status, duration and request id.
+//! with route, backend, status, duration, request id, and the W3C trace id
+//! and the proxy's span id (`proxy::trace`), so a log line leads to the
+//! backends' traces of the same request.
 
 use tracing_subscriber::EnvFilter;
 

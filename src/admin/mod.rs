@@ -3,6 +3,7 @@
 //! Reads are open; mutating calls require `Authorization: Bearer TOKEN`
 //! when `STRANGLER_ADMIN_TOKEN` is set.
 
+pub mod client;
 mod routes_json;
 
 use std::sync::Arc;

@@ -8,19 +8,19 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use http::HeaderValue;
-
 use super::error::{did_you_mean, ConfigError};
 use super::load::SourceFile;
 use super::route::{compile_route, RouteSource};
-use super::schema::{BackendSpec, ServerSpec};
+use super::schema::BackendSpec;
+use super::server::{compile_server, compile_upstream_tls};
 use crate::gate::Migrations;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::routing::{
     Backend, BackendId, BackendName, Conditions, HeaderOps, HostRewrite, PathMatch, Route,
-    RouteIndex, ServerSettings, Snapshot, SourceLocation, Specificity, Target, DEFAULT_ROUTE,
+    RouteIndex, Snapshot, SourceLocation, Specificity, Target, DEFAULT_ROUTE,
 };
-use crate::upstream::{parse_url, Timeouts, Upstream, UpstreamSettings};
+use crate::upstream::{parse_url, UpstreamTls, BreakerSettings, BudgetSettings, HealthSettings, Timeouts, Upstream, UpstreamSettings};
+use std::time::Duration;
 
 /// What a compilation may reuse and where it records.
 pub struct CompileContext<'a> {
@@ -108,7 +108,7 @@ pub fn compile(files: &[SourceFile], ctx: &CompileContext) -> Result<Compiled, V
     }
     let warnings = shadowed_route_warnings(&routes, &order);
     let default_route = default_route(default_backend, &backends, ctx.metrics);
-    let version = version_of(files);
+    let version = version_of(files, server.tls.as_ref().map_or(0, |tls| tls.fingerprint));
     Ok(Compiled {
         snapshot: Snapshot {
             version,
@@ -138,11 +138,18 @@ fn compile_backends(
                 continue;
             }
             declared_in.insert(name, &file.display);
-            match upstream_settings(spec) {
+            let tls = match spec.tls.as_ref().map(|tls| compile_upstream_tls(file, &key, tls)).transpose() {
+                Ok(tls) => tls,
+                Err(err) => {
+                    errors.push(err);
+                    continue;
+                }
+            };
+            match upstream_settings(spec, tls) {
                 Ok(settings) => {
                     let name: BackendName = name.as_str().into();
                     let upstream = reuse_upstream(ctx.previous, &name, &settings)
-                        .unwrap_or_else(|| Arc::new(Upstream::new(name.clone(), settings)));
+                        .unwrap_or_else(|| Upstream::start(name.clone(), settings, ctx.metrics));
                     names.insert(name.to_string(), BackendId(backends.len()));
                     backends.push(Backend { name, upstream });
                 }
@@ -153,7 +160,7 @@ fn compile_backends(
     (backends, BackendTable { names })
 }
 
-fn upstream_settings(spec: &BackendSpec) -> Result<UpstreamSettings, String> {
+fn upstream_settings(spec: &BackendSpec, tls: Option<Arc<UpstreamTls>>) -> Result<UpstreamSettings, String> {
     let url = parse_url(&spec.url).map_err(|e| e.to_string())?;
     let defaults = Timeouts::default();
     Ok(UpstreamSettings {
@@ -165,6 +172,29 @@ fn upstream_settings(spec: &BackendSpec) -> Result<UpstreamSettings, String> {
             pool_idle: spec.pool_idle_timeout.map_or(defaults.pool_idle, |d| d.0),
         },
         max_idle_connections: spec.max_idle_connections.unwrap_or(usize::MAX),
+        breaker: match &spec.circuit {
+            None => BreakerSettings::default(),
+            Some(circuit) => BreakerSettings {
+                consecutive_failures: circuit.consecutive_failures.unwrap_or(BreakerSettings::default().consecutive_failures),
+                open_for: circuit.open_for.map_or(BreakerSettings::default().open_for, |d| d.0),
+            },
+        },
+        budget: match &spec.retry_budget {
+            None => BudgetSettings::default(),
+            Some(budget) => BudgetSettings {
+                ratio_milli: budget.ratio.map_or(BudgetSettings::default().ratio_milli, |p| (p.0 * 1000.0).round() as u32),
+                min_per_second: budget.min_per_second.unwrap_or(BudgetSettings::default().min_per_second),
+            },
+        },
+        tls,
+        health: match &spec.health {
+            None => None,
+            Some(health) if !health.path.starts_with('/') => return Err(format!("health path `{}` must start with `/`", health.path)),
+            Some(health) => Some(HealthSettings {
+                path: health.path.clone(),
+                interval: health.interval.map_or(Duration::from_secs(5), |d| d.0),
+            }),
+        },
     })
 }
 
@@ -179,32 +209,6 @@ fn reuse_upstream(
         .iter()
         .find(|b| b.name == *name && b.upstream.settings == *settings)
         .map(|b| b.upstream.clone())
-}
-
-fn compile_server(files: &[SourceFile], errors: &mut Vec<ConfigError>) -> ServerSettings {
-    let mut found: Option<(&SourceFile, &ServerSpec)> = None;
-    for file in files {
-        if let Some(spec) = &file.content.server {
-            if let Some((first, _)) = found {
-                errors.push(file.error_at("server", format!("`server` is also defined in {}", first.display)));
-            } else {
-                found = Some((file, spec));
-            }
-        }
-    }
-    let mut settings = ServerSettings::default();
-    let Some((file, spec)) = found else { return settings };
-    if let Some(via) = &spec.via {
-        match HeaderValue::from_str(via) {
-            Ok(value) => settings.via = Some(value),
-            Err(_) => errors.push(file.error_at("server.via", "`via` is not a valid header value")),
-        }
-    }
-    settings.max_body_bytes = spec.max_body.map(|b| b.0);
-    if let Some(grace) = spec.shutdown_grace {
-        settings.shutdown_grace = grace.0;
-    }
-    settings
 }
 
 fn resolve_default(
@@ -341,8 +345,10 @@ fn strip_param_names(pattern: &str) -> String {
 
 /// A short hash of the files' names and contents: the same files give the
 /// same version on every replica.
-fn version_of(files: &[SourceFile]) -> Arc<str> {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+/// `tls_fingerprint` stands for the certificate files, so that a changed
+/// certificate is a new version.
+fn version_of(files: &[SourceFile], tls_fingerprint: u64) -> Arc<str> {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ tls_fingerprint;
     for file in files {
         let name = file.path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
         for byte in name.bytes().chain([0]).chain(file.text.bytes()).chain([0]) {

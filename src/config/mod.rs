@@ -9,6 +9,7 @@ mod error;
 mod load;
 mod marks;
 mod route;
+mod server;
 mod traffic;
 pub mod schema;
 pub mod values;

@@ -97,6 +97,12 @@ pub(crate) fn compile_route(
     }
     let name: Arc<str> = spec.name.as_str().into();
     let reachable = reachable_backends(&target, fallback, backend_list);
+    if shadow.is_some() {
+        ctx.metrics.init_shadow_series(&name);
+    }
+    if migration.is_some() {
+        ctx.metrics.init_gate_series(&name);
+    }
     Ok(Route {
         metrics: RouteMetrics::new(ctx.metrics, &name, &reachable),
         name,

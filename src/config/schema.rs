@@ -39,8 +39,48 @@ pub struct ServerSpec {
     pub keepalive_timeout: Option<DurationSpec>,
     pub h2_max_concurrent_streams: Option<u32>,
     pub shutdown_grace: Option<DurationSpec>,
+    /// Adds `Server-Timing: proxy;dur=X, upstream;dur=Y` to every answer.
+    pub server_timing: Option<bool>,
+    /// Peers (addresses or CIDRs) whose `X-Forwarded-For` is believed.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Certificates of the TLS listener (`--tls-listen`).
+    pub tls: Option<ServerTlsSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsSpec {
+    /// The first one is served to clients whose SNI matches no `sni` name.
+    pub certificates: Vec<CertificateSpec>,
+}
+
+/// PEM files; a relative path is relative to the route file's directory.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSpec {
+    /// The certificate chain, leaf first.
+    pub cert: String,
+    pub key: String,
+    /// Names this certificate answers; `*.example.com` covers one label.
+    #[serde(default)]
+    pub sni: Vec<String>,
+}
+
+/// TLS to an `https://` backend.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSpec {
+    /// Trust only this CA bundle (PEM) instead of the system roots.
+    pub ca: Option<String>,
+    /// A client certificate (mTLS); needs `key`.
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    /// The name to send as SNI and to verify, instead of the URL's host.
+    pub server_name: Option<String>,
+    /// Accept any certificate. For tests only: logged loudly at every load.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -58,6 +98,7 @@ pub struct BackendSpec {
     pub health: Option<HealthSpec>,
     pub circuit: Option<CircuitSpec>,
     pub retry_budget: Option<RetryBudgetSpec>,
+    pub tls: Option<UpstreamTlsSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -6,24 +6,23 @@
 //! an idempotency key, or the route opts in.
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use hyper::body::Incoming;
 
 use super::headers::{self, ForwardedFor};
-use super::{upgrade, ProxyError, RequestCtx};
-use crate::body::{boxed, empty, BodyTooLarge, IdleTimeoutBody, LimitedBody, ProxyBody};
+use super::{attempt, timing, upgrade, ProxyError, RequestCtx};
+use crate::body::{boxed, IdleTimeoutBody, LimitedBody, ProxyBody};
 use crate::gate::Side;
 use crate::routing::{bucket_of, BackendId, Decision, HostRewrite, Route, Snapshot, Target, BUCKETS};
 use crate::shadow::{Mirror, PrimaryAnswer, RequestBody, ShadowJob, ShadowPolicy, TeeBody};
-use crate::upstream::UpstreamError;
 
 /// The upstream request line and headers, kept so a fallback can resend them.
-struct UpstreamHead {
-    method: Method,
-    path_and_query: String,
-    headers: HeaderMap,
-    is_upgrade: bool,
+pub(super) struct UpstreamHead {
+    pub method: Method,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub is_upgrade: bool,
 }
 
 pub(crate) async fn forward(
@@ -46,7 +45,7 @@ pub(crate) async fn forward(
     }
     let client_upgrade = upgrade::take_client_upgrade(&mut parts);
     let head = upstream_head(snapshot, decision, &parts, path, host.as_deref(), ctx, client_upgrade.is_some());
-    // A body we do not have to read is one we can send again.
+    // An empty body needs no copy for the shadow.
     let is_bodiless = body.is_end_stream();
     let body = match limit {
         Some(limit) => boxed(LimitedBody::new(body, limit)),
@@ -62,13 +61,7 @@ pub(crate) async fn forward(
         (None, _) => (body, None),
     };
 
-    let mut backend = decision.primary;
-    let mut outcome = send(snapshot, route, backend, &head, body).await;
-    if let Some(fallback) = fallback_for(route, backend, &head, &parts.headers, is_bodiless, &outcome) {
-        route.metrics.count_fallback(&snapshot.backend(backend).name, &snapshot.backend(fallback).name);
-        backend = fallback;
-        outcome = send(snapshot, route, backend, &head, empty()).await;
-    }
+    let (backend, outcome) = attempt::exchange(snapshot, route, decision.primary, &head, &parts.headers, body).await;
 
     let result = match outcome {
         Ok(response) => {
@@ -138,84 +131,6 @@ fn mirror_response(
     Response::from_parts(parts, boxed(tee))
 }
 
-/// The backend to try next after a failed or unavailable answer, if a
-/// second send is safe.
-fn fallback_for(
-    route: &Route,
-    tried: BackendId,
-    head: &UpstreamHead,
-    client_headers: &HeaderMap,
-    is_bodiless: bool,
-    outcome: &Result<Response<Incoming>, ProxyError>,
-) -> Option<BackendId> {
-    let fallback = route.fallback.filter(|f| *f != tried)?;
-    if head.is_upgrade || !is_bodiless {
-        return None;
-    }
-    let reached = match outcome {
-        Ok(response) => match response.status() {
-            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => true,
-            _ => return None,
-        },
-        Err(ProxyError::Upstream(err)) => err.may_have_reached_backend(),
-        Err(_) => return None,
-    };
-    let is_idempotent = matches!(head.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE)
-        || client_headers.contains_key(&route.idempotency_header);
-    (!reached || is_idempotent || route.retry_non_idempotent).then_some(fallback)
-}
-
-async fn send(
-    snapshot: &Snapshot,
-    route: &Route,
-    backend: BackendId,
-    head: &UpstreamHead,
-    body: ProxyBody,
-) -> Result<Response<Incoming>, ProxyError> {
-    let upstream = &snapshot.backend(backend).upstream;
-    let uri: Uri = upstream.uri_for(&head.path_and_query).map_err(ProxyError::UpstreamRequest)?;
-    let mut request = Request::new(body);
-    *request.method_mut() = head.method.clone();
-    *request.uri_mut() = uri;
-    // The pool speaks HTTP/1.1 to backends whatever the client spoke.
-    *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = head.headers.clone();
-    if let HostRewrite::Backend = route.host_rewrite {
-        if let Ok(value) = HeaderValue::from_str(upstream.authority().as_str()) {
-            request.headers_mut().insert(header::HOST, value);
-        }
-    }
-    let started = std::time::Instant::now();
-    let result = upstream.send(request).await;
-    // A streamed body that outgrew `max_body` is the client's fault, not
-    // the backend's: answer 413, and count no upstream error.
-    if let Some(limit) = result.as_ref().err().and_then(body_limit_exceeded) {
-        return Err(ProxyError::BodyTooLarge { limit });
-    }
-    if let Some(series) = route.metrics.series(backend) {
-        match &result {
-            Ok(_) => series.upstream_duration.observe(started.elapsed().as_secs_f64()),
-            Err(err) => series.count_error(err.kind()),
-        }
-    }
-    result.map_err(|err: UpstreamError| {
-        tracing::debug!(route = %route.name, backend = %err.backend(), error = %err, "upstream exchange failed");
-        ProxyError::Upstream(err)
-    })
-}
-
-/// The limit, when `LimitedBody` is what broke the exchange.
-fn body_limit_exceeded(err: &UpstreamError) -> Option<u64> {
-    let mut cause = std::error::Error::source(err);
-    while let Some(c) = cause {
-        if let Some(BodyTooLarge(limit)) = c.downcast_ref::<BodyTooLarge>() {
-            return Some(*limit);
-        }
-        cause = c.source();
-    }
-    None
-}
-
 /// Method, path and headers as the backend will see them.
 fn upstream_head(
     snapshot: &Snapshot,
@@ -232,9 +147,21 @@ fn upstream_head(
     headers.remove(&headers::X_STRANGLER_SHADOW);
     headers::set_forwarded(
         &mut headers,
-        &ForwardedFor { client_ip: ctx.conn.peer.ip(), proto: ctx.conn.proto, host },
+        &ForwardedFor {
+            client_ip: ctx.client.ip,
+            peer_ip: ctx.conn.peer.ip(),
+            chain: ctx.client.chain.as_ref(),
+            proto: ctx.conn.proto,
+            host,
+        },
     );
     headers.insert(&headers::X_REQUEST_ID, ctx.request_id.clone());
+    ctx.trace.apply(&mut headers);
+    // Content-Length, when the client sent one: the size is then known
+    // without counting bytes as they stream.
+    if let Some(length) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
+        route.metrics.request_body.observe(length as f64);
+    }
     match &route.host_rewrite {
         HostRewrite::PassThrough => {
             if let Some(value) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
@@ -259,6 +186,7 @@ fn upstream_head(
         path_and_query.push('?');
         path_and_query.push_str(query);
     }
+    let _ = ctx.upstream_started.set(std::time::Instant::now());
     UpstreamHead { method: parts.method.clone(), path_and_query, headers, is_upgrade }
 }
 
@@ -276,6 +204,11 @@ fn upstream_response(
     }
     let idle = snapshot.backend(backend).upstream.timeouts().idle;
     let (mut parts, body) = response.into_parts();
+    // The announced length (or a body known to be empty); a chunked body
+    // is not counted, which would cost a wrapper on every data frame.
+    if let (Some(length), Some(series)) = (body.size_hint().exact(), route.metrics.series(backend)) {
+        series.response_body.observe(length as f64);
+    }
     headers::remove_hop_by_hop(&mut parts.headers, is_switching);
     if let Some(via) = &snapshot.server.via {
         parts.headers.append(header::VIA, via.clone());
@@ -294,15 +227,21 @@ fn finish(
     result: Result<Response<ProxyBody>, ProxyError>,
     ctx: &RequestCtx,
 ) -> Response<ProxyBody> {
-    let (response, error) = match result {
+    let (mut response, error) = match result {
         Ok(response) => (response, None),
         Err(err) => {
             let message = err.to_string();
-            (err.into_response(&route.name, &ctx.request_id), Some(message))
+            (err.into_response(&route.name, ctx), Some(message))
         }
     };
     let status = response.status().as_u16();
-    let elapsed = ctx.started.elapsed();
+    let now = std::time::Instant::now();
+    let elapsed = now.saturating_duration_since(ctx.started);
+    if snapshot.server.has_server_timing {
+        let upstream = ctx.upstream_started.get().map(|sent| now.saturating_duration_since(*sent));
+        // Appended: a backend's own Server-Timing entries stay.
+        response.headers_mut().append(&timing::SERVER_TIMING, timing::server_timing(elapsed, upstream));
+    }
     let is_failure = error.is_some()
         || match &route.migration {
             Some(migration) => migration.is_failure(status),
@@ -322,7 +261,9 @@ fn finish(
     tracing::info!(
         target: "access",
         request_id = ctx.request_id.to_str().unwrap_or(""),
-        client = %ctx.conn.peer.ip(),
+        trace_id = ctx.trace.trace_id(),
+        span_id = ctx.trace.span_id(),
+        client = %ctx.client.ip,
         method = %method,
         route = %route.name,
         backend = %snapshot.backend(backend).name,

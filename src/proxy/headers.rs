@@ -63,19 +63,31 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// What the proxy knows of the client, to tell the backend.
 pub struct ForwardedFor<'a> {
+    /// The believed client address (see `client::client_addr`).
     pub client_ip: IpAddr,
+    /// The connection's peer.
+    pub peer_ip: IpAddr,
+    /// The incoming chain plus the peer, when the peer is a trusted proxy.
+    pub chain: Option<&'a HeaderValue>,
     pub proto: &'static str,
     pub host: Option<&'a str>,
 }
 
-/// Rebuilds `X-Forwarded-For` (the client's address only: an incoming value
-/// is not believed from an untrusted peer), and sets `X-Forwarded-Proto`,
-/// `X-Forwarded-Host` and RFC 7239 `Forwarded`.
+/// Rebuilds `X-Forwarded-For`: the peer's address, after the incoming chain
+/// only when the peer is a trusted proxy. Sets `X-Forwarded-Proto`,
+/// `X-Forwarded-Host` and RFC 7239 `Forwarded` (for the believed client).
 pub fn set_forwarded(headers: &mut HeaderMap, info: &ForwardedFor) {
-    let ip = info.client_ip.to_string();
-    if let Ok(value) = HeaderValue::from_str(&ip) {
-        headers.insert(&X_FORWARDED_FOR, value);
+    match info.chain {
+        Some(chain) => {
+            headers.insert(&X_FORWARDED_FOR, chain.clone());
+        }
+        None => {
+            if let Ok(value) = HeaderValue::from_str(&info.peer_ip.to_string()) {
+                headers.insert(&X_FORWARDED_FOR, value);
+            }
+        }
     }
+    let ip = info.client_ip.to_string();
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(info.proto));
     let host_value = info.host.and_then(|h| HeaderValue::from_str(h).ok());
     match &host_value {
@@ -134,7 +146,8 @@ mod tests {
     fn forwarded_quotes_ipv6_and_replaces_spoofed_x_forwarded_for() {
         let mut headers = HeaderMap::new();
         headers.insert(&X_FORWARDED_FOR, "6.6.6.6".parse().unwrap());
-        let info = ForwardedFor { client_ip: "::1".parse().unwrap(), proto: "http", host: Some("shop.test") };
+        let ip = "::1".parse().unwrap();
+        let info = ForwardedFor { client_ip: ip, peer_ip: ip, chain: None, proto: "http", host: Some("shop.test") };
         set_forwarded(&mut headers, &info);
         assert_eq!(headers.get(&X_FORWARDED_FOR).unwrap(), "::1");
         assert_eq!(headers.get(&FORWARDED).unwrap(), "for=\"[::1]\";proto=http;host=\"shop.test\"");

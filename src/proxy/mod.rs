@@ -4,17 +4,22 @@
 //! does the work in order (normalise, select, forward, record) and turns
 //! any failure into a response: it never returns `Err` to hyper.
 
+mod attempt;
+mod client;
 mod error;
 mod forward;
+pub mod framing;
 pub mod headers;
 pub mod path;
+mod timing;
+mod trace;
 mod upgrade;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -26,7 +31,10 @@ use crate::metrics::Metrics;
 use crate::shadow::Mirror;
 use crate::routing::{RequestView, Snapshot, DEFAULT_ROUTE};
 
+pub use self::client::{client_addr, BadCidr, ClientAddr, TrustedProxies};
 pub use self::error::{json_error, ProxyError};
+pub(crate) use self::trace::TraceContext;
+pub use self::trace::{TRACEPARENT, TRACESTATE};
 
 /// What every request needs, shared by all connections.
 pub struct Shared {
@@ -71,15 +79,30 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 pub(crate) struct RequestCtx {
     pub started: Instant,
     pub request_id: HeaderValue,
+    pub trace: TraceContext,
     pub conn: ConnInfo,
+    /// Who the client is, as far as `trusted_proxies` lets us believe.
+    pub client: ClientAddr,
+    /// When the upstream request was ready to send; `Server-Timing` counts
+    /// the time from here to the answer as upstream time. Unset when the
+    /// request never got that far (refused by the proxy).
+    pub upstream_started: OnceLock<Instant>,
 }
 
 async fn handle(shared: &Shared, conn: ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+    // One refcount: requests in flight finish on the snapshot they started with.
+    let snapshot = shared.table.load_full();
     let ctx = RequestCtx {
+        client: client_addr(req.headers(), conn.peer, &snapshot.server.trusted_proxies),
         started: Instant::now(),
         request_id: headers::request_id(req.headers()),
+        trace: TraceContext::from_headers(req.headers()),
         conn,
+        upstream_started: OnceLock::new(),
     };
+    if let Err(err) = framing::check(&req, &snapshot.server.limits) {
+        return close_after(reject(err.into(), &ctx, &req), req.version());
+    }
     let path = match path::normalize(req.uri().path()) {
         Ok(path) => path.into_owned(),
         Err(err) => return reject(ProxyError::BadPath(err), &ctx, &req),
@@ -87,17 +110,29 @@ async fn handle(shared: &Shared, conn: ConnInfo, req: Request<Incoming>) -> Resp
     let Ok(host) = request_host(&req) else {
         return reject(ProxyError::BadHost, &ctx, &req);
     };
-    // One refcount: requests in flight finish on the snapshot they started with.
-    let snapshot = shared.table.load_full();
     let decision = snapshot.select(&RequestView {
         method: req.method(),
         path: &path,
         query: req.uri().query(),
         host: host.as_deref().map(host_without_port),
         headers: req.headers(),
-        client_ip: conn.peer.ip(),
+        client_ip: ctx.client.ip,
     });
-    forward::forward(&shared.mirror, &snapshot, &decision, req, &path, host, &ctx).await
+    let (version, must_close) = (req.version(), framing::must_close_after(req.headers()));
+    let response = forward::forward(&shared.mirror, &snapshot, &decision, req, &path, host, &ctx).await;
+    if must_close && response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        return close_after(response, version);
+    }
+    response
+}
+
+/// Asks hyper to close an HTTP/1 connection once `response` is sent.
+/// (HTTP/2 has no `Connection` header; its streams are independent.)
+fn close_after(mut response: Response<ProxyBody>, version: Version) -> Response<ProxyBody> {
+    if version <= Version::HTTP_11 {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// The host the client addressed: the URI authority (HTTP/2, absolute
@@ -132,9 +167,11 @@ fn reject(err: ProxyError, ctx: &RequestCtx, req: &Request<Incoming>) -> Respons
     tracing::info!(
         target: "access",
         request_id = ctx.request_id.to_str().unwrap_or(""),
+        trace_id = ctx.trace.trace_id(),
+        client = %ctx.client.ip,
         method = %req.method(),
         error = %err,
         "rejected"
     );
-    err.into_response(DEFAULT_ROUTE, &ctx.request_id)
+    err.into_response(DEFAULT_ROUTE, ctx)
 }

@@ -101,7 +101,14 @@ impl fmt::Display for Explanation<'_> {
             let params: Vec<String> = d.params.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
             writeln!(f, "params:    {}", params.join(", "))?;
         }
-        writeln!(f, "backend:   {} ({})", backend.name, backend.upstream.settings.url)?;
+        let health = if backend.upstream.is_healthy() { "healthy" } else { "failing health checks" };
+        writeln!(
+            f,
+            "backend:   {} ({}; circuit {}, {health})",
+            backend.name,
+            backend.upstream.settings.url,
+            backend.upstream.breaker.state_name()
+        )?;
         if let Target::Split(split) = &route.target {
             let mut lower = 0;
             let shares: Vec<String> = split

@@ -27,6 +27,8 @@ pub use self::matcher::{Conditions, HostMatch, PathMatch, PathParams, Specificit
 pub(crate) use self::matcher::RouteIndex;
 pub use self::split::{bucket_of, request_bucket, salt_of, Split, SplitChoice, StickyKey, BUCKETS};
 pub use self::transform::{HeaderOps, Rewrite};
+/// Listener settings from `server:`; defined with the listener that uses them.
+pub use crate::server::ServerSettings;
 
 /// A route's name; cheap to clone, used as a metric label.
 pub type RouteName = Arc<str>;
@@ -146,23 +148,6 @@ pub struct Backend {
     pub upstream: Arc<Upstream>,
 }
 
-/// Listener settings from `server:`, with the edge defaults of DESIGN.md.
-#[derive(Debug, Clone)]
-pub struct ServerSettings {
-    pub via: Option<HeaderValue>,
-    pub max_body_bytes: Option<u64>,
-    pub shutdown_grace: std::time::Duration,
-}
-
-impl Default for ServerSettings {
-    fn default() -> Self {
-        ServerSettings {
-            via: None,
-            max_body_bytes: None,
-            shutdown_grace: std::time::Duration::from_secs(30),
-        }
-    }
-}
 
 /// The compiled route table. Built once per (re)load, never mutated.
 #[derive(Debug)]

@@ -40,10 +40,42 @@ pin_project_lite::pin_project! {
 }
 
 impl<B> TeeBody<B> {
-    pub fn new(inner: B, cap: usize) -> (Self, oneshot::Receiver<Copied>) {
+    pub fn new(inner: B, cap: usize) -> (Self, oneshot::Receiver<Copied>)
+    where
+        B: Body,
+    {
         let (done, copied) = oneshot::channel();
-        let body = TeeBody { inner, copy: Some(BytesMut::new()), cap, done: Some(done) };
+        // An empty body may never be polled at all.
+        if inner.is_end_stream() {
+            let _ = done.send(Copied::Complete(Bytes::new()));
+            return (
+                TeeBody {
+                    inner,
+                    copy: None,
+                    cap,
+                    done: None,
+                },
+                copied,
+            );
+        }
+        let body = TeeBody {
+            inner,
+            copy: Some(BytesMut::new()),
+            cap,
+            done: Some(done),
+        };
         (body, copied)
+    }
+}
+
+/// Hands the copy over: complete, or too large if it was given up.
+fn finish(done: &mut Option<oneshot::Sender<Copied>>, copy: &mut Option<BytesMut>) {
+    if let Some(done) = done.take() {
+        let copied = match copy.take() {
+            Some(copy) => Copied::Complete(copy.freeze()),
+            None => Copied::TooLarge,
+        };
+        let _ = done.send(copied);
     }
 }
 
@@ -55,9 +87,12 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
                 if let (Some(data), Some(copy)) = (frame.data_ref(), this.copy.as_mut()) {
@@ -68,21 +103,18 @@ where
                         copy.extend_from_slice(data);
                     }
                 }
+                // A reader (hyper among them) stops polling once the body
+                // says it is at its end, so the final `None` may never come.
+                if this.inner.is_end_stream() {
+                    finish(this.done, this.copy);
+                }
             }
             Some(Err(_)) => {
                 if let Some(done) = this.done.take() {
                     let _ = done.send(Copied::Incomplete);
                 }
             }
-            None => {
-                if let Some(done) = this.done.take() {
-                    let copied = match this.copy.take() {
-                        Some(copy) => Copied::Complete(copy.freeze()),
-                        None => Copied::TooLarge,
-                    };
-                    let _ = done.send(copied);
-                }
-            }
+            None => finish(this.done, this.copy),
         }
         Poll::Ready(frame.map(|f| f.map_err(Into::into)))
     }
@@ -93,5 +125,28 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::{BodyExt, Empty, Full};
+
+    use super::*;
+
+    /// A reader that stops at `is_end_stream`, as hyper does, still gets a
+    /// complete copy: the last frame ends the copy, not a final `None`.
+    #[tokio::test]
+    async fn copy_completes_when_the_body_says_it_ended() {
+        let (mut tee, copied) = TeeBody::new(Full::new(Bytes::from_static(b"abc")), 1024);
+        let frame = tee.frame().await.expect("one frame").expect("no error");
+        assert_eq!(frame.into_data().expect("a data frame"), "abc");
+        assert!(tee.is_end_stream());
+        drop(tee);
+        assert!(matches!(copied.await, Ok(Copied::Complete(bytes)) if bytes == "abc"));
+
+        let (tee, copied) = TeeBody::new(Empty::<Bytes>::new(), 1024);
+        drop(tee);
+        assert!(matches!(copied.await, Ok(Copied::Complete(bytes)) if bytes.is_empty()));
     }
 }

@@ -85,6 +85,14 @@ impl UpstreamError {
         err: hyper_util::client::legacy::Error,
     ) -> UpstreamError {
         let backend = backend.clone();
+        // Before `is_connect`: a failed handshake is also a failed connect,
+        // but the operator needs to know it was TLS (a certificate, a name).
+        if super::tls::is_tls_failure(&err) {
+            return UpstreamError::Tls {
+                backend,
+                source: Box::new(err),
+            };
+        }
         if err.is_connect() {
             return UpstreamError::Connect {
                 backend,

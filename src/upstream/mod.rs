@@ -4,21 +4,35 @@
 //! later snapshot whose backend definition did not change, so a reload does
 //! not drop warm connections.
 
+mod breaker;
+mod budget;
 mod error;
+mod health;
+mod tls;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use prometheus::IntGauge;
+
 use crate::body::ProxyBody;
+use crate::metrics::Metrics;
 use crate::routing::BackendName;
 
+pub use self::breaker::{BreakerSettings, CircuitBreaker};
+pub use self::budget::{BudgetSettings, RetryBudget};
 pub use self::error::UpstreamError;
+pub use self::health::HealthSettings;
+pub use self::tls::{UpstreamTls, UpstreamTlsField, UpstreamTlsFiles};
 
 /// Timeouts of one backend, with defaults close to Envoy's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,6 +64,11 @@ pub struct UpstreamSettings {
     pub url: Uri,
     pub timeouts: Timeouts,
     pub max_idle_connections: usize,
+    pub breaker: BreakerSettings,
+    pub budget: BudgetSettings,
+    pub health: Option<HealthSettings>,
+    /// `tls:` of an `https://` backend.
+    pub tls: Option<Arc<UpstreamTls>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +77,7 @@ pub enum UrlError {
     Invalid(String),
     #[error("backend URL `{0}` needs a scheme and a host, e.g. http://127.0.0.1:3000")]
     Incomplete(String),
-    #[error("backend URL `{0}` has scheme `{1}`; only http is supported here (https arrives with upstream TLS)")]
+    #[error("backend URL `{0}` has scheme `{1}`; use http or https")]
     Scheme(String, String),
 }
 
@@ -69,7 +88,7 @@ pub fn parse_url(text: &str) -> Result<Uri, UrlError> {
     if uri.authority().is_none() {
         return Err(UrlError::Incomplete(text.into()));
     }
-    if scheme != "http" {
+    if scheme != "http" && scheme != "https" {
         return Err(UrlError::Scheme(text.into(), scheme.into()));
     }
     Ok(uri)
@@ -84,7 +103,12 @@ pub struct Upstream {
     /// A path in the backend URL (`http://host/base`) is put before every
     /// forwarded path.
     base_path: Box<str>,
-    client: Client<HttpConnector, ProxyBody>,
+    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    pub breaker: CircuitBreaker,
+    pub budget: RetryBudget,
+    /// False while active health checks fail; always true without them.
+    is_healthy: AtomicBool,
+    up_gauge: IntGauge,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -94,8 +118,17 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// Builds the client; must run inside a tokio runtime.
-    pub fn new(name: BackendName, settings: UpstreamSettings) -> Upstream {
+    /// Builds the client and starts its health checks, if any; must run
+    /// inside a tokio runtime. The checks stop when the upstream is dropped.
+    pub fn start(name: BackendName, settings: UpstreamSettings, metrics: &Metrics) -> Arc<Upstream> {
+        let upstream = Arc::new(Upstream::new(name, settings, metrics));
+        if let Some(health) = upstream.settings.health.clone() {
+            health::spawn_checks(Arc::downgrade(&upstream), health);
+        }
+        upstream
+    }
+
+    fn new(name: BackendName, settings: UpstreamSettings, metrics: &Metrics) -> Upstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(settings.timeouts.connect));
         // Small answers should not wait for Nagle's algorithm.
@@ -106,7 +139,7 @@ impl Upstream {
             .timer(TokioTimer::new())
             .pool_idle_timeout(settings.timeouts.pool_idle)
             .pool_max_idle_per_host(settings.max_idle_connections)
-            .build(connector);
+            .build(tls::connector(connector, settings.tls.as_deref(), settings.url.scheme() == Some(&Scheme::HTTPS)));
         let url = &settings.url;
         let scheme = url.scheme().cloned().unwrap_or(Scheme::HTTP);
         let authority = url
@@ -114,7 +147,13 @@ impl Upstream {
             .cloned()
             .unwrap_or_else(|| Authority::from_static("invalid"));
         let base_path = url.path().trim_end_matches('/').into();
+        let up_gauge = metrics.backend_up.with_label_values(&[&name]);
+        up_gauge.set(1);
         Upstream {
+            breaker: CircuitBreaker::new(settings.breaker, metrics.circuit_state.with_label_values(&[&name])),
+            budget: RetryBudget::new(settings.budget),
+            is_healthy: AtomicBool::new(true),
+            up_gauge,
             name,
             scheme,
             authority,
@@ -122,6 +161,23 @@ impl Upstream {
             client,
             settings,
         }
+    }
+
+    /// Whether a request may be sent now: healthy, and the circuit lets it
+    /// through (in half-open, this call takes the one probe).
+    pub fn admits(&self) -> bool {
+        self.is_healthy.load(Ordering::Relaxed) && self.breaker.allow()
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.is_healthy.load(Ordering::Relaxed)
+    }
+
+    fn set_healthy(&self, is_healthy: bool) {
+        if self.is_healthy.swap(is_healthy, Ordering::Relaxed) != is_healthy {
+            tracing::warn!(backend = %self.name, is_healthy, "backend health changed");
+        }
+        self.up_gauge.set(i64::from(is_healthy));
     }
 
     pub fn authority(&self) -> &Authority {

@@ -1,36 +1,37 @@
 //! Listeners: accepting client connections, serving HTTP/1.1 and HTTP/2 on
-//! each, and draining them on shutdown.
+//! each (in the clear and over TLS), and draining them on shutdown.
 //!
 //! `run` is the library's entry point: it takes bound listeners and a
 //! shutdown future, so tests and `main` start the proxy the same way.
 
+mod listener;
+mod settings;
+mod wire;
+
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::watch;
 
+use self::listener::ClientListener;
+pub use self::settings::{ConnLimits, ServerSettings, MIN_HEADER_BYTES};
 use crate::admin::AdminService;
 use crate::config::ConfigErrors;
 use crate::gate::{Migrations, Side};
-use crate::shadow::{Mirror, Outcome, OutcomeHook};
-use crate::metrics::Metrics;
-use crate::proxy::{ConnInfo, ProxyService, Shared};
+use crate::metrics::{Metrics, PROXY_LISTENER};
+use crate::proxy::Shared;
 use crate::reload::Reloader;
+use crate::shadow::{Mirror, Outcome, OutcomeHook};
 
-/// Edge defaults of DESIGN.md; `server:` will make each configurable.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_HEADERS: usize = 100;
-const MAX_HEAD_BYTES: usize = 64 * 1024;
-const MAX_CONNECTIONS: usize = 10_000;
-const H2_MAX_STREAMS: u32 = 100;
-/// After an accept error (e.g. out of file descriptors), wait before the
-/// next accept instead of spinning.
+/// The `listener` label of the TLS listener's connection metrics.
+pub const TLS_LISTENER: &str = "tls";
+/// After an admin accept error, wait before the next accept.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// What `run` needs besides its listeners.
@@ -42,12 +43,25 @@ pub struct RunConfig {
     pub watch: bool,
 }
 
+/// The bound sockets the proxy serves.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Plain HTTP/1.1 and HTTP/2 (prior knowledge).
+    pub proxy: TcpListener,
+    /// TLS with the certificates of `server.tls` (`--tls-listen`).
+    pub tls: Option<TcpListener>,
+    pub admin: TcpListener,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     // The messages are in the text, so they are not also a `source`
     // (which `main` would print a second time).
     #[error("the routes directory is not valid:\n{0}")]
     Config(ConfigErrors),
+
+    #[error("a TLS listener was given but the routes set no `server.tls` certificates")]
+    NoCertificates,
 }
 
 /// Serves the proxy on `listener` and the admin API on `admin` until
@@ -59,34 +73,87 @@ pub async fn run(
     config: RunConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    serve(Listeners { proxy: listener, tls: None, admin }, config, shutdown).await
+}
+
+/// `run` with every listener, the TLS one included.
+pub async fn serve(listeners: Listeners, config: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let Listeners { proxy: listener, tls: tls_listener, admin } = listeners;
     let metrics = Metrics::new();
     let migrations = Arc::new(Migrations::new(metrics.clone(), Some(config.state_dir.clone())));
     let reloader = Reloader::start(config.routes_dir.clone(), metrics.clone(), migrations.clone())
         .map_err(RunError::Config)?;
+    let table = reloader.table();
+    let has_certificates = table.load().server.tls.is_some();
+    let acceptor = match (&tls_listener, has_certificates) {
+        (Some(_), false) => return Err(RunError::NoCertificates),
+        (Some(_), true) => Some(crate::tls::acceptor(table.clone())),
+        (None, true) => {
+            tracing::warn!("`server.tls` sets certificates but no TLS listener was given (--tls-listen); serving plain HTTP only");
+            None
+        }
+        (None, false) => None,
+    };
     let mirror = Mirror::start(metrics.clone(), Some(gate_hook(migrations.clone())));
     let shared = Arc::new(Shared {
-        table: reloader.table(),
+        table: table.clone(),
         metrics: metrics.clone(),
         mirror: mirror.clone(),
     });
     let gate = migrations.clone().spawn_gate();
     let reloader = Arc::new(reloader);
     let watchers = config.watch.then(|| crate::reload::spawn_watchers(reloader.clone()));
+    let cert_watch = acceptor.as_ref().map(|_| crate::tls::spawn_file_watch(reloader.clone()));
     if let (Ok(proxy), Ok(admin)) = (listener.local_addr(), admin.local_addr()) {
-        let version = reloader.table().load().version.clone();
-        tracing::info!(listen = %proxy, admin = %admin, %version, "strangler is serving");
+        let version = table.load().version.clone();
+        let tls = tls_listener.as_ref().and_then(|l| l.local_addr().ok());
+        tracing::info!(listen = %proxy, tls = ?tls, admin = %admin, %version, "strangler is serving");
+        warn_if_admin_exposed(admin);
     }
     let admin_service = AdminService::new(metrics.clone(), reloader.clone(), migrations, mirror);
     let admin_task = tokio::spawn(serve_admin(admin, admin_service));
 
-    let grace = reloader.table().load().server.shutdown_grace;
-    serve_proxy(listener, shared, metrics, shutdown, grace).await;
+    let (stop, stopped) = watch::channel(false);
+    let mut listeners = vec![ClientListener { tcp: listener, tls: None, label: PROXY_LISTENER }];
+    if let (Some(tcp), Some(acceptor)) = (tls_listener, acceptor) {
+        listeners.push(ClientListener { tcp, tls: Some(acceptor), label: TLS_LISTENER });
+    }
+    let accepting: Vec<_> = listeners
+        .into_iter()
+        .map(|l| tokio::spawn(listener::serve(l, shared.clone(), metrics.clone(), stopped.clone())))
+        .collect();
+    drop(stopped);
+    shutdown.await;
+    let _ = stop.send(true);
+    for task in accepting {
+        let _ = task.await;
+    }
+    let grace = table.load().server.shutdown_grace;
+    tracing::info!("shutting down: draining connections");
+    // Every connection holds a receiver; `closed` resolves when the last
+    // one has finished.
+    tokio::select! {
+        () = stop.closed() => tracing::info!("all connections drained"),
+        () = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
+    }
     admin_task.abort();
     gate.abort();
-    if let Some(watchers) = watchers {
-        watchers.abort();
+    for task in [watchers, cert_watch].into_iter().flatten() {
+        task.abort();
     }
     Ok(())
+}
+
+/// An admin API reachable from other hosts without a token lets anyone
+/// who can reach it reload routes or promote migrations.
+fn warn_if_admin_exposed(admin: SocketAddr) {
+    let has_token = std::env::var("STRANGLER_ADMIN_TOKEN").is_ok_and(|t| !t.is_empty());
+    if !admin.ip().is_loopback() && !has_token {
+        tracing::warn!(
+            admin = %admin,
+            "the admin API listens on a non-loopback address and STRANGLER_ADMIN_TOKEN is unset: anyone who can reach it can reload routes and move migrations"
+        );
+    }
 }
 
 /// Feeds shadow outcomes of migrating routes to their gate: the match
@@ -104,78 +171,6 @@ fn gate_hook(migrations: Arc<Migrations>) -> OutcomeHook {
             }
         }
     })
-}
-
-async fn serve_proxy(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    metrics: Metrics,
-    shutdown: impl Future<Output = ()>,
-    grace: Duration,
-) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_headers(MAX_HEADERS)
-        .max_buf_size(MAX_HEAD_BYTES);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_STREAMS)
-        // Bounds how many streams a client may open and reset before being
-        // cut off (CVE-2023-44487, "rapid reset").
-        .max_pending_accept_reset_streams(50)
-        .max_local_error_reset_streams(100);
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let open = metrics.connections_open.with_label_values(&["proxy"]);
-    let accepted = metrics.connections.with_label_values(&["proxy"]);
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            result = listener.accept() => match result {
-                Ok(pair) => pair,
-                Err(err) => {
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        // Past the limit the connection is closed at once: refusing is
-        // better than letting every connection slow down.
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(client = %peer, "connection limit reached; closing new connection");
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        accepted.inc();
-        open.inc();
-        let service = ProxyService::new(shared.clone(), ConnInfo { peer, proto: "http" });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), hyper::service::service_fn(move |req| {
-                hyper::service::Service::call(&service, req)
-            }))
-            .into_owned();
-        let connection = graceful.watch(connection);
-        let open = open.clone();
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(client = %peer, error = %err, "connection ended with an error");
-            }
-            open.dec();
-            drop(slot);
-        });
-    }
-    drop(listener);
-    tracing::info!(connections = graceful.count(), "shutting down: draining connections");
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
-        () = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
-    }
 }
 
 async fn serve_admin(listener: TcpListener, service: AdminService) {

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Profiles strangler under the small-GET scenario of run.sh (keep-alive GET
+# of a 2-byte answer through one `prefix: /` route to an nginx upstream).
+#
+#   benches/load/profile.sh [callgrind|perf] [-n REQUESTS] [--out DIR]
+#
+# callgrind (default; needs valgrind): a bounded count of requests, user-space
+#   instructions per function, exact but blind to time spent in the kernel.
+# perf: `perf record -e cpu-clock --call-graph dwarf` for a bounded time; a
+#   software clock, so it works where hardware counters are not exposed
+#   (VMs), and it includes the kernel.
+# Writes the raw profile and a summary to --out (default /tmp/strangler-profile).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+MODE=callgrind
+REQUESTS=20000
+SECONDS_PERF=10
+OUT=/tmp/strangler-profile
+PORT=27190
+BIN="$ROOT/target/release/strangler"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    callgrind|perf) MODE=$1; shift ;;
+    -n) REQUESTS=$2; shift 2 ;;
+    -d) SECONDS_PERF=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    --bin) BIN=$2; shift 2 ;;
+    --port) PORT=$2; shift 2 ;;
+    *) echo "usage: $0 [callgrind|perf] [-n REQUESTS] [-d SECONDS] [--out DIR] [--bin PATH]" >&2; exit 2 ;;
+  esac
+done
+for tool in nginx h2load wrk curl; do command -v $tool >/dev/null || { echo "$tool missing" >&2; exit 1; }; done
+[ -x "$BIN" ] || (cd "$ROOT" && cargo build --release)
+
+mkdir -p "$OUT"
+TMP=$(mktemp -d /tmp/strangler-prof.XXXXXX)
+chmod 755 "$TMP"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  sleep 1
+  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+UP=$((PORT + 1))
+cat >"$TMP/nginx.conf" <<EOF
+user root;
+pid $TMP/nginx.pid;
+error_log $TMP/error.log warn;
+worker_processes 1;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    client_body_temp_path $TMP/body; proxy_temp_path $TMP/proxy; fastcgi_temp_path $TMP/fcgi;
+    uwsgi_temp_path $TMP/uwsgi; scgi_temp_path $TMP/scgi;
+    server { listen 127.0.0.1:$UP; location / { return 200 "ok"; } }
+}
+EOF
+mkdir -p "$TMP/routes"
+cat >"$TMP/routes/routes.yaml" <<EOF
+backends:
+  upstream: { url: "http://127.0.0.1:$UP" }
+default: upstream
+routes:
+  - name: all
+    match: { prefix: "/" }
+    backend: upstream
+EOF
+nginx -c "$TMP/nginx.conf" -p "$TMP" -g 'daemon off;' >"$TMP/nginx.out" 2>&1 &
+PIDS+=($!)
+
+ARGS=(run --routes "$TMP/routes" --listen "127.0.0.1:$PORT" --admin "127.0.0.1:$((PORT + 2))" --state-dir "$TMP/state" --workers 1)
+URL="http://127.0.0.1:$PORT/"
+wait_up() { for _ in $(seq 1 300); do curl -s -o /dev/null --max-time 1 "$URL" && return 0; sleep 0.2; done; echo "strangler did not start" >&2; exit 1; }
+
+case "$MODE" in
+  callgrind)
+    RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
+      "$BIN" "${ARGS[@]}" >"$OUT/strangler.out" 2>&1 &
+    SPID=$!; PIDS+=($SPID)
+    wait_up
+    # Warm the pool, then count only the measured requests.
+    h2load --h1 -n 500 -c 10 -t 1 "$URL" >/dev/null
+    callgrind_control -z "$SPID" >/dev/null
+    timeout 600 h2load --h1 -n "$REQUESTS" -c 10 -t 1 "$URL" | grep -E '^(finished|requests|status codes)' || true
+    kill -TERM "$SPID"; wait "$SPID" || true
+    callgrind_annotate --inclusive=no "$OUT/callgrind.out" 2>/dev/null | head -60 >"$OUT/self.txt"
+    callgrind_annotate --inclusive=yes "$OUT/callgrind.out" 2>/dev/null | head -80 >"$OUT/inclusive.txt"
+    echo "requests: $REQUESTS (+500 warm-up, not counted)" | tee "$OUT/summary.txt"
+    head -40 "$OUT/self.txt"
+    ;;
+  perf)
+    RUST_LOG=warn "$BIN" "${ARGS[@]}" >"$OUT/strangler.out" 2>&1 &
+    SPID=$!; PIDS+=($SPID)
+    wait_up
+    wrk -t1 -c50 -d2s "$URL" >/dev/null
+    wrk -t1 -c50 -d"$((SECONDS_PERF + 2))s" "$URL" >"$OUT/wrk.txt" &
+    WPID=$!; PIDS+=($WPID)
+    sleep 1
+    perf record -e cpu-clock -F 999 --call-graph dwarf,16384 -p "$SPID" -o "$OUT/perf.data" -- sleep "$SECONDS_PERF" 2>"$OUT/perf-record.err"
+    wait "$WPID" || true
+    perf report -i "$OUT/perf.data" --no-children --sort symbol --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -40 >"$OUT/self.txt"
+    perf report -i "$OUT/perf.data" --no-children --sort dso --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -10 >"$OUT/dso.txt"
+    cat "$OUT/dso.txt"; echo; cat "$OUT/self.txt"
+    ;;
+esac
+echo "profile in $OUT"

@@ -1,0 +1,143 @@
+//! Compiling `server:` (listener limits, `trusted_proxies`, TLS
+//! certificates) and backends' `tls:` into their checked forms.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+
+use super::error::ConfigError;
+use super::load::SourceFile;
+use super::schema::{ServerSpec, UpstreamTlsSpec};
+use crate::proxy::TrustedProxies;
+use crate::server::{ConnLimits, ServerSettings, MIN_HEADER_BYTES};
+use crate::tls::{CertField, CertificateFiles, Certificates};
+use crate::upstream::{UpstreamTls, UpstreamTlsField, UpstreamTlsFiles};
+
+pub(crate) fn compile_server(files: &[SourceFile], errors: &mut Vec<ConfigError>) -> ServerSettings {
+    let mut found: Option<(&SourceFile, &ServerSpec)> = None;
+    for file in files {
+        if let Some(spec) = &file.content.server {
+            if let Some((first, _)) = found {
+                errors.push(file.error_at("server", format!("`server` is also defined in {}", first.display)));
+            } else {
+                found = Some((file, spec));
+            }
+        }
+    }
+    let mut settings = ServerSettings::default();
+    let Some((file, spec)) = found else { return settings };
+    if let Some(via) = &spec.via {
+        match HeaderValue::from_str(via) {
+            Ok(value) => settings.via = Some(value),
+            Err(_) => errors.push(file.error_at("server.via", "`via` is not a valid header value")),
+        }
+    }
+    settings.max_body_bytes = spec.max_body.map(|b| b.0);
+    settings.has_server_timing = spec.server_timing.unwrap_or(false);
+    if let Some(grace) = spec.shutdown_grace {
+        settings.shutdown_grace = grace.0;
+    }
+    settings.limits = compile_limits(file, spec, errors);
+    match TrustedProxies::parse(spec.trusted_proxies.iter().map(String::as_str)) {
+        Ok(trusted) => settings.trusted_proxies = trusted,
+        Err(err) => {
+            let index = spec.trusted_proxies.iter().position(|e| e.trim() == err.0).unwrap_or(0);
+            errors.push(file.error_at(&format!("server.trusted_proxies[{index}]"), err.to_string()));
+        }
+    }
+    if let Some(tls) = &spec.tls {
+        let entries: Vec<CertificateFiles> = tls
+            .certificates
+            .iter()
+            .map(|c| CertificateFiles {
+                cert: relative_to(file, &c.cert),
+                key: relative_to(file, &c.key),
+                sni: c.sni.clone(),
+            })
+            .collect();
+        if entries.is_empty() {
+            errors.push(file.error_at("server.tls.certificates", "`certificates` needs at least one `{ cert, key }`"));
+        }
+        match Certificates::load(&entries) {
+            Ok(certificates) if !entries.is_empty() => settings.tls = Some(Arc::new(certificates)),
+            Ok(_) => {}
+            Err((index, field, err)) => {
+                let field = match field {
+                    CertField::Cert => "cert",
+                    CertField::Key => "key",
+                    CertField::Sni => "sni",
+                };
+                errors.push(file.error_at(&format!("server.tls.certificates[{index}].{field}"), err.to_string()));
+            }
+        }
+    }
+    settings
+}
+
+fn compile_limits(file: &SourceFile, spec: &ServerSpec, errors: &mut Vec<ConfigError>) -> ConnLimits {
+    let mut limits = ConnLimits::default();
+    let mut duration = |key: &str, value: Option<Duration>, slot: &mut Duration| match value {
+        Some(d) if d.is_zero() => errors.push(file.error_at(&format!("server.{key}"), format!("`{key}` must be longer than 0"))),
+        Some(d) => *slot = d,
+        None => {}
+    };
+    duration("header_read_timeout", spec.header_read_timeout.map(|d| d.0), &mut limits.header_read_timeout);
+    duration("keepalive_timeout", spec.keepalive_timeout.map(|d| d.0), &mut limits.keepalive_timeout);
+    if let Some(bytes) = spec.max_header_bytes {
+        match usize::try_from(bytes.0) {
+            Ok(n) if n >= MIN_HEADER_BYTES => limits.max_header_bytes = n,
+            _ => errors.push(file.error_at(
+                "server.max_header_bytes",
+                format!("`max_header_bytes` must be at least {MIN_HEADER_BYTES} (8KiB)"),
+            )),
+        }
+    }
+    let mut count = |key: &str, value: Option<usize>, slot: &mut usize| match value {
+        Some(0) => errors.push(file.error_at(&format!("server.{key}"), format!("`{key}` must be at least 1"))),
+        Some(n) => *slot = n,
+        None => {}
+    };
+    count("max_headers", spec.max_headers, &mut limits.max_headers);
+    count("max_connections", spec.max_connections, &mut limits.max_connections);
+    match spec.h2_max_concurrent_streams {
+        Some(0) => errors.push(file.error_at("server.h2_max_concurrent_streams", "`h2_max_concurrent_streams` must be at least 1")),
+        Some(n) => limits.h2_max_concurrent_streams = n,
+        None => {}
+    }
+    limits
+}
+
+/// A path from a route file: relative ones start at the file's directory.
+fn relative_to(file: &SourceFile, path: &str) -> PathBuf {
+    let path = Path::new(path);
+    match file.path.parent() {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// A backend's `tls:` loaded, or an error at the key that is wrong.
+pub(crate) fn compile_upstream_tls(
+    file: &SourceFile,
+    backend_key: &str,
+    spec: &UpstreamTlsSpec,
+) -> Result<Arc<UpstreamTls>, ConfigError> {
+    let files = UpstreamTlsFiles {
+        ca: spec.ca.as_deref().map(|p| relative_to(file, p)),
+        cert: spec.cert.as_deref().map(|p| relative_to(file, p)),
+        key: spec.key.as_deref().map(|p| relative_to(file, p)),
+        server_name: spec.server_name.clone(),
+        insecure_skip_verify: spec.insecure_skip_verify,
+    };
+    UpstreamTls::load(files).map(Arc::new).map_err(|(field, err)| {
+        let field = match field {
+            UpstreamTlsField::Ca => "ca",
+            UpstreamTlsField::Cert => "cert",
+            UpstreamTlsField::Key => "key",
+            UpstreamTlsField::ServerName => "server_name",
+        };
+        file.error_at(&format!("{backend_key}.tls.{field}"), err.to_string())
+    })
+}

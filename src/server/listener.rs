@@ -1,0 +1,245 @@
+//! One client listener: accepting, refusing past the connection limit,
+//! the TLS handshake, serving HTTP/1.1 and HTTP/2, idle close and drain.
+//!
+//! Limits come from the snapshot that is current when a connection is
+//! accepted, so a reload changes them for new connections without a
+//! restart; an open connection keeps the limits it started with.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use prometheus::IntGauge;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use super::settings::ConnLimits;
+use super::wire::WireIo;
+use crate::metrics::Metrics;
+use crate::proxy::{ConnInfo, ProxyService, Shared};
+
+/// After an accept error (e.g. out of file descriptors), wait before the
+/// next accept instead of spinning.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// Refused connections being told so at once; past this many, a refused
+/// connection is closed without a word, so refusing stays cheap.
+const REFUSALS_IN_FLIGHT: usize = 64;
+/// How long a refused client gets to read the 503.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 34\r\n\r\n{\"error\":\"too_many_connections\"}\r\n";
+
+/// A listener and what it needs to serve.
+pub(crate) struct ClientListener {
+    pub tcp: TcpListener,
+    /// `Some` for the TLS listener.
+    pub tls: Option<TlsAcceptor>,
+    /// The `listener` label of the connection metrics.
+    pub label: &'static str,
+}
+
+/// Accepts until `stop` turns true. Every connection holds a clone of
+/// `stop`, so the caller learns that all have drained when the sender's
+/// receivers are gone (`watch::Sender::closed`).
+pub(crate) async fn serve(listener: ClientListener, shared: Arc<Shared>, metrics: Metrics, mut stop: watch::Receiver<bool>) {
+    let open_gauge = metrics.connections_open.with_label_values(&[listener.label]);
+    let accepted = metrics.connections.with_label_values(&[listener.label]);
+    let open = Arc::new(AtomicUsize::new(0));
+    let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
+    let mut cached: Option<(ConnLimits, auto::Builder<TokioExecutor>)> = None;
+    let proto = if listener.tls.is_some() { "https" } else { "http" };
+    loop {
+        let (stream, peer) = tokio::select! {
+            result = listener.tcp.accept() => match result {
+                Ok(pair) => pair,
+                Err(err) => {
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let limits = shared.table.load().server.limits;
+        // Past the limit a connection is refused at once: refusing is
+        // better than letting every connection slow down.
+        if open.load(Ordering::Acquire) >= limits.max_connections {
+            tracing::warn!(client = %peer, limit = limits.max_connections, "connection limit reached; refusing");
+            refuse(stream, listener.tls.is_some(), &refusals);
+            continue;
+        }
+        let builder = match &cached {
+            Some((for_limits, builder)) if *for_limits == limits => builder.clone(),
+            _ => {
+                let builder = http_builder(&limits);
+                cached = Some((limits, builder.clone()));
+                builder
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        accepted.inc();
+        let slot = Slot::take(&open, &open_gauge);
+        let service = ProxyService::new(shared.clone(), ConnInfo { peer, proto });
+        let connection = Connection { builder, service, limits, stop: stop.clone(), _slot: slot };
+        match &listener.tls {
+            None => {
+                tokio::spawn(connection.serve(stream, true));
+            }
+            Some(acceptor) => {
+                tokio::spawn(connection.handshake(acceptor.clone(), stream));
+            }
+        }
+    }
+}
+
+/// hyper's settings for a connection under `limits`.
+fn http_builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        // The head must fit in the read buffer: a larger one gets 431.
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // Rapid reset (CVE-2023-44487): streams the client opens and resets
+        // before we answer still cost us work. Past 50 such streams pending,
+        // or 100 streams we had to reset for the client's errors, hyper
+        // (h2) sends GOAWAY and closes the connection.
+        .max_pending_accept_reset_streams(50)
+        .max_local_error_reset_streams(100);
+    builder
+}
+
+/// Tells a refused client why, without reading its request, then closes.
+fn refuse(mut stream: TcpStream, is_tls: bool, refusals: &Arc<Semaphore>) {
+    // A TLS client would read plaintext as garbage; a plain close is clearer.
+    let Ok(permit) = refusals.clone().try_acquire_owned() else { return };
+    if is_tls {
+        return;
+    }
+    tokio::spawn(async move {
+        let _permit = permit;
+        let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+            stream.write_all(REFUSAL).await?;
+            stream.shutdown().await?;
+            // Read what the client sent until it closes: closing with
+            // unread bytes would reset the connection and could destroy
+            // the 503 before the client reads it.
+            let mut sink = [0u8; 4096];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<(), std::io::Error>(())
+        })
+        .await;
+    });
+}
+
+/// Counts an open connection while it lives.
+struct Slot {
+    open: Arc<AtomicUsize>,
+    gauge: IntGauge,
+}
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>, gauge: &IntGauge) -> Slot {
+        open.fetch_add(1, Ordering::AcqRel);
+        gauge.inc();
+        Slot { open: open.clone(), gauge: gauge.clone() }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.dec();
+    }
+}
+
+/// One accepted connection, before its protocol is known.
+struct Connection {
+    builder: auto::Builder<TokioExecutor>,
+    service: ProxyService,
+    limits: ConnLimits,
+    stop: watch::Receiver<bool>,
+    _slot: Slot,
+}
+
+impl Connection {
+    /// The TLS handshake gets the header read timeout: a client that opens
+    /// a connection and says nothing is a slowloris in either case.
+    async fn handshake(self, acceptor: TlsAcceptor, stream: TcpStream) {
+        let peer = stream.peer_addr().ok();
+        match tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => {
+                let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                self.serve(tls, !is_h2).await;
+            }
+            Ok(Err(err)) => tracing::debug!(client = ?peer, error = %err, "TLS handshake failed"),
+            Err(_) => tracing::debug!(client = ?peer, "TLS handshake timed out"),
+        }
+    }
+
+    async fn serve<IO>(mut self, io: IO, check_heads: bool)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(AtomicBool::new(false));
+        let io = TokioIo::new(WireIo::new(io, activity.clone(), check_heads));
+        let service = self.service.clone();
+        let connection = self.builder.serve_connection_with_upgrades(
+            io,
+            hyper::service::service_fn(move |req| hyper::service::Service::call(&service, req)),
+        );
+        tokio::pin!(connection);
+        let idle = idle(&activity, self.limits.keepalive_timeout);
+        tokio::pin!(idle);
+        let mut is_draining = false;
+        // Either signal asks hyper to finish what is in flight and close:
+        // HTTP/1 after the current response, HTTP/2 with a GOAWAY.
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(err) = result {
+                        tracing::debug!(error = %err, "connection ended with an error");
+                    }
+                    break;
+                }
+                _ = self.stop.changed(), if !is_draining => {
+                    connection.as_mut().graceful_shutdown();
+                    is_draining = true;
+                }
+                () = &mut idle, if !is_draining => {
+                    connection.as_mut().graceful_shutdown();
+                    is_draining = true;
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once no byte has moved either way for `timeout` (checked
+/// every half timeout, so a quiet connection closes after 1 to 1.5 times it).
+async fn idle(activity: &AtomicBool, timeout: Duration) {
+    let tick = (timeout / 2).max(Duration::from_millis(1));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    let mut quiet_ticks = 0;
+    loop {
+        ticks.tick().await;
+        if activity.swap(false, Ordering::Relaxed) {
+            quiet_ticks = 0;
+        } else {
+            quiet_ticks += 1;
+            if quiet_ticks >= 2 {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Listener settings compiled from `server:`, with the edge defaults of DESIGN.md.
+//!
+//! They live in the snapshot, so a reload changes them; the accept loop
+//! reads them once per accepted connection, so a change applies to
+//! connections accepted after the reload and never to open ones.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+
+use crate::proxy::TrustedProxies;
+use crate::tls::Certificates;
+
+/// Everything `server:` sets.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub via: Option<HeaderValue>,
+    pub max_body_bytes: Option<u64>,
+    pub shutdown_grace: Duration,
+    pub limits: ConnLimits,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: TrustedProxies,
+    /// Certificates of the TLS listener, loaded when the snapshot was built.
+    pub tls: Option<Arc<Certificates>>,
+    /// Answers carry `Server-Timing` (proxy and upstream time). Off by
+    /// default: it shows anyone how long the backends take.
+    pub has_server_timing: bool,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            via: None,
+            max_body_bytes: None,
+            shutdown_grace: Duration::from_secs(30),
+            limits: ConnLimits::default(),
+            trusted_proxies: TrustedProxies::default(),
+            tls: None,
+            has_server_timing: false,
+        }
+    }
+}
+
+/// Per-connection limits: what a slow or hostile client may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// A request head (HTTP/1) must arrive whole within this time; it also
+    /// bounds how long an idle HTTP/1 keep-alive connection waits for the
+    /// next request, since hyper starts the clock when it waits for a head.
+    pub header_read_timeout: Duration,
+    /// Request line plus headers (HTTP/1), or the header list (HTTP/2);
+    /// 431 beyond. hyper needs at least 8 KiB, which `compile` checks.
+    pub max_header_bytes: usize,
+    /// 431 beyond.
+    pub max_headers: usize,
+    /// Open client connections per listener; past it a new connection gets
+    /// a 503 and is closed.
+    pub max_connections: usize,
+    /// A connection with no bytes in either direction for this long is
+    /// closed gracefully (requests in flight finish first).
+    pub keepalive_timeout: Duration,
+    pub h2_max_concurrent_streams: u32,
+}
+
+/// hyper refuses a smaller read buffer (it panics), so `compile` refuses one too.
+pub const MIN_HEADER_BYTES: usize = 8 * 1024;
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_connections: 10_000,
+            keepalive_timeout: Duration::from_secs(60),
+            h2_max_concurrent_streams: 100,
+        }
+    }
+}

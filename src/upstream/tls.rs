@@ -1,0 +1,235 @@
+//! TLS to `https://` backends: system roots by default, a custom CA, a
+//! client certificate (mTLS), an SNI override, and an explicit opt-out of
+//! verification for tests.
+//!
+//! Files are read when the snapshot is compiled; their contents are part
+//! of the backend's identity, so a changed CA or client certificate gives
+//! the backend a new pool on the next reload.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
+use hyper_util::client::legacy::connect::HttpConnector;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::tls::{certified_key, parse_chain, parse_key, provider, read_file, TlsError};
+
+/// A backend's `tls:` section, as written (paths resolved).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct UpstreamTlsFiles {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub insecure_skip_verify: bool,
+}
+
+/// Which key of `tls:` an error belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamTlsField {
+    Ca,
+    Cert,
+    Key,
+    ServerName,
+}
+
+/// A backend's TLS client configuration, loaded and checked.
+pub struct UpstreamTls {
+    pub files: UpstreamTlsFiles,
+    /// A hash of the files' contents: equal settings mean equal bytes.
+    fingerprint: u64,
+    config: Arc<ClientConfig>,
+    server_name: Option<ServerName<'static>>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls").field("files", &self.files).finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.files == other.files && self.fingerprint == other.fingerprint
+    }
+}
+
+impl Eq for UpstreamTls {}
+
+impl std::hash::Hash for UpstreamTls {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.files.hash(state);
+        self.fingerprint.hash(state);
+    }
+}
+
+impl UpstreamTls {
+    pub fn load(files: UpstreamTlsFiles) -> Result<UpstreamTls, (UpstreamTlsField, TlsError)> {
+        let mut seen = Vec::new();
+        let mut fingerprint = 0xcbf2_9ce4_8422_2325;
+        let server_name = match &files.server_name {
+            Some(name) => Some(
+                ServerName::try_from(name.clone())
+                    .map_err(|_| (UpstreamTlsField::ServerName, TlsError::BadName(name.clone())))?,
+            ),
+            None => None,
+        };
+        let roots = match &files.ca {
+            Some(path) => {
+                let pem = read_file(path, &mut seen, &mut fingerprint).map_err(|e| (UpstreamTlsField::Ca, e))?;
+                let mut roots = RootCertStore::empty();
+                for cert in parse_chain(path, &pem).map_err(|e| (UpstreamTlsField::Ca, e))? {
+                    roots.add(cert).map_err(|source| {
+                        let err = TlsError::Unusable { cert: path.clone(), key: path.clone(), source };
+                        (UpstreamTlsField::Ca, err)
+                    })?;
+                }
+                Arc::new(roots)
+            }
+            None => system_roots(),
+        };
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .expect("the ring provider supports TLS 1.2 and 1.3")
+            .with_root_certificates(roots);
+        let mut config = match (&files.cert, &files.key) {
+            (Some(cert), Some(key)) => {
+                let cert_pem = read_file(cert, &mut seen, &mut fingerprint).map_err(|e| (UpstreamTlsField::Cert, e))?;
+                let key_pem = read_file(key, &mut seen, &mut fingerprint).map_err(|e| (UpstreamTlsField::Key, e))?;
+                // Checks that the key matches the certificate, with a clear error.
+                certified_key(cert, &cert_pem, key, &key_pem).map_err(|e| (UpstreamTlsField::Key, e))?;
+                let chain = parse_chain(cert, &cert_pem).map_err(|e| (UpstreamTlsField::Cert, e))?;
+                let private = parse_key(key, &key_pem).map_err(|e| (UpstreamTlsField::Key, e))?;
+                builder.with_client_auth_cert(chain, private).map_err(|source| {
+                    (UpstreamTlsField::Key, TlsError::Unusable { cert: cert.clone(), key: key.clone(), source })
+                })?
+            }
+            (Some(_), None) => return Err((UpstreamTlsField::Cert, TlsError::NoKey { path: PathBuf::from("(no `key` given)") })),
+            (None, Some(key)) => return Err((UpstreamTlsField::Key, TlsError::NoCertificate { path: key.clone() })),
+            (None, None) => builder.with_no_client_auth(),
+        };
+        if files.insecure_skip_verify {
+            tracing::warn!(
+                ca = ?files.ca,
+                "INSECURE: `insecure_skip_verify: true` accepts ANY certificate from this backend; anyone on the path can read and change its traffic"
+            );
+            config.dangerous().set_certificate_verifier(Arc::new(AcceptAnything));
+        }
+        // The pool speaks HTTP/1.1 to backends.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(UpstreamTls { files, fingerprint, config: Arc::new(config), server_name })
+    }
+}
+
+/// The operating system's trust store, read once.
+fn system_roots() -> Arc<RootCertStore> {
+    static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            for err in &found.errors {
+                tracing::warn!(error = %err, "cannot read part of the system trust store");
+            }
+            let mut roots = RootCertStore::empty();
+            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                tracing::warn!("no system root certificates found: https backends need `tls: {{ ca: FILE }}`");
+            }
+            Arc::new(roots)
+        })
+        .clone()
+}
+
+/// The connector of a backend: plain HTTP, or TLS for `https://`.
+pub(crate) fn connector(mut http: HttpConnector, tls: Option<&UpstreamTls>, is_https: bool) -> HttpsConnector<HttpConnector> {
+    // The TLS layer hands https URLs to the TCP connector.
+    http.enforce_http(false);
+    let builder = match (tls, is_https) {
+        (Some(tls), _) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config((*tls.config).clone()),
+        (None, true) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(default_config()),
+        // A plain backend never starts a handshake; an empty trust store
+        // spares reading the system's for it.
+        (None, false) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
+            ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .expect("the ring provider supports the default versions")
+                .with_root_certificates(RootCertStore::empty())
+                .with_no_client_auth(),
+        ),
+    };
+    let builder = builder.https_or_http();
+    let builder = match tls.and_then(|t| t.server_name.clone()) {
+        Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name)),
+        None => builder,
+    };
+    builder.enable_http1().wrap_connector(http)
+}
+
+fn default_config() -> ClientConfig {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("the ring provider supports TLS 1.2 and 1.3")
+        .with_root_certificates(system_roots())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
+}
+
+/// Whether a failure came from TLS (handshake, certificate), looking
+/// through `io::Error` wrappers, whose `source` skips the wrapped error.
+pub(crate) fn is_tls_failure(err: &(dyn std::error::Error + 'static)) -> bool {
+    if err.downcast_ref::<rustls::Error>().is_some() {
+        return true;
+    }
+    if let Some(inner) = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        if is_tls_failure(inner) {
+            return true;
+        }
+    }
+    err.source().is_some_and(is_tls_failure)
+}
+
+/// `insecure_skip_verify`: any certificate is accepted. Signatures are
+/// still checked, so the peer must at least hold the key it shows.
+#[derive(Debug)]
+struct AcceptAnything;
+
+impl ServerCertVerifier for AcceptAnything {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider().signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -1,0 +1,242 @@
+//! What a request carries about its trace and its timing: W3C trace context
+//! to the backend, the trace id in error bodies, and `Server-Timing` when
+//! it is switched on.
+
+mod support;
+
+use support::{dead_url, routes_file, Behaviour, FakeBackend, TestProxy};
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// The four fields of a `traceparent` the backend received, checked to be
+/// well formed: version 00, lowercase hex of the right lengths, ids not zero.
+fn fields(traceparent: &str) -> (String, String, String) {
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "traceparent {traceparent:?}");
+    assert_eq!(parts[0], "00", "version of {traceparent:?}");
+    let is_hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    assert!(
+        is_hex(parts[1], 32) && parts[1].bytes().any(|b| b != b'0'),
+        "trace id of {traceparent:?}"
+    );
+    assert!(
+        is_hex(parts[2], 16) && parts[2].bytes().any(|b| b != b'0'),
+        "parent id of {traceparent:?}"
+    );
+    assert!(is_hex(parts[3], 2), "flags of {traceparent:?}");
+    (
+        parts[1].to_string(),
+        parts[2].to_string(),
+        parts[3].to_string(),
+    )
+}
+
+async fn echo_proxy() -> (TestProxy, FakeBackend) {
+    let backend = FakeBackend::with(Behaviour::Echo).await;
+    let proxy = TestProxy::start(&routes_file(&[("monolith", &backend.url())], "")).await;
+    (proxy, backend)
+}
+
+/// A valid `traceparent` is continued: the backend sees the same trace id
+/// and flags with a new parent id (the proxy's span), and `tracestate`
+/// exactly as the client sent it.
+#[tokio::test]
+async fn traceparent_is_continued_with_a_child_span() {
+    let (proxy, backend) = echo_proxy().await;
+    proxy
+        .get_with(
+            "/",
+            &[
+                ("traceparent", PARENT),
+                ("tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"),
+            ],
+        )
+        .await;
+
+    let seen = backend.last_request();
+    let (trace_id, parent_id, flags) = fields(
+        seen.header("traceparent")
+            .expect("traceparent sent upstream"),
+    );
+    assert_eq!(trace_id, TRACE_ID);
+    assert_ne!(
+        parent_id, "00f067aa0ba902b7",
+        "the proxy's span is a child, not the client's span"
+    );
+    assert_eq!(flags, "01");
+    assert_eq!(seen.header_all("traceparent").len(), 1);
+    assert_eq!(
+        seen.header("tracestate"),
+        Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
+    );
+}
+
+/// Without a `traceparent` the proxy starts a trace: every request gets
+/// its own trace id.
+#[tokio::test]
+async fn traceparent_is_generated_when_absent() {
+    let (proxy, backend) = echo_proxy().await;
+    proxy.get("/").await;
+    let (first, _, flags) = fields(
+        backend
+            .last_request()
+            .header("traceparent")
+            .expect("traceparent sent upstream"),
+    );
+    proxy.get("/").await;
+    let (second, _, _) = fields(
+        backend
+            .last_request()
+            .header("traceparent")
+            .expect("traceparent sent upstream"),
+    );
+    assert_ne!(first, second);
+    assert_eq!(flags, "01", "a trace the proxy starts is sampled");
+}
+
+/// An invalid `traceparent` is replaced by a new trace (never passed on),
+/// and the `tracestate` that came with it is dropped.
+#[tokio::test]
+async fn invalid_traceparent_is_replaced() {
+    let (proxy, backend) = echo_proxy().await;
+    let invalid = [
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+        "not a traceparent",
+    ];
+    for value in invalid {
+        proxy
+            .get_with(
+                "/",
+                &[("traceparent", value), ("tracestate", "congo=t61rcWkgMzE")],
+            )
+            .await;
+        let seen = backend.last_request();
+        let sent = seen
+            .header("traceparent")
+            .expect("traceparent sent upstream");
+        let (trace_id, _, _) = fields(sent);
+        assert_ne!(trace_id, TRACE_ID, "{value:?} was passed on as {sent:?}");
+        assert_eq!(
+            seen.header("tracestate"),
+            None,
+            "tracestate kept with {value:?}"
+        );
+    }
+}
+
+/// The proxy's JSON error bodies carry the trace id, whether the client
+/// sent the trace or the proxy started it, next to the other fields.
+#[tokio::test]
+async fn error_bodies_carry_the_trace_id() {
+    let dead = dead_url().await;
+    let proxy = TestProxy::start(&routes_file(&[("monolith", &dead)], "")).await;
+
+    let reply = proxy.get_with("/", &[("traceparent", PARENT)]).await;
+    assert_eq!(reply.status, 502);
+    let body = reply.json();
+    assert_eq!(body["trace_id"], TRACE_ID);
+    assert_eq!(body["error"], "upstream_unavailable");
+    assert_eq!(body["route"], "default");
+    assert_eq!(body["request_id"].as_str(), reply.header("x-request-id"));
+
+    let reply = proxy.get("/").await;
+    let generated = reply.json()["trace_id"]
+        .as_str()
+        .expect("trace_id is a string")
+        .to_string();
+    assert_eq!(generated.len(), 32);
+    assert!(generated.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_ne!(generated, TRACE_ID);
+
+    // Refused before any route was chosen: the same fields.
+    let reply = proxy
+        .get_with("/api/orders%2F..%2Fadmin", &[("traceparent", PARENT)])
+        .await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json()["trace_id"], TRACE_ID);
+}
+
+/// `Server-Timing` value `proxy;dur=X, upstream;dur=Y`: both in
+/// milliseconds with three decimals.
+fn assert_timing(value: &str) {
+    let entries: Vec<&str> = value.split(", ").collect();
+    assert_eq!(entries.len(), 2, "Server-Timing {value:?}");
+    for (entry, name) in entries.iter().zip(["proxy", "upstream"]) {
+        let duration = entry
+            .strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(";dur="))
+            .unwrap_or_else(|| panic!("{entry:?} is not {name};dur=..."));
+        let (whole, decimals) = duration.split_once('.').expect("a decimal point");
+        assert!(
+            whole.bytes().all(|b| b.is_ascii_digit()) && !whole.is_empty(),
+            "{value:?}"
+        );
+        assert!(
+            decimals.len() == 3 && decimals.bytes().all(|b| b.is_ascii_digit()),
+            "{value:?}"
+        );
+    }
+}
+
+/// With `server: { server_timing: true }`, answers from a backend and the
+/// proxy's own errors carry `Server-Timing`; a backend's own entries stay.
+#[tokio::test]
+async fn server_timing_is_sent_when_enabled() {
+    let backend =
+        FakeBackend::with_headers(Behaviour::Fixed("ok"), &[("server-timing", "db;dur=1.5")]).await;
+    let dead = dead_url().await;
+    let routes = r#"
+  - name: gone
+    match: { prefix: "/gone" }
+    backend: gone
+"#;
+    let yaml = format!(
+        "server: {{ server_timing: true }}\n{}",
+        routes_file(&[("monolith", &backend.url()), ("gone", &dead)], routes)
+    );
+    let proxy = TestProxy::start(&yaml).await;
+
+    let reply = proxy.get("/").await;
+    let values: Vec<&str> = reply
+        .headers
+        .get_all("server-timing")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(
+        values.len(),
+        2,
+        "the backend's entry and the proxy's: {values:?}"
+    );
+    assert_eq!(values[0], "db;dur=1.5");
+    assert_timing(values[1]);
+
+    let reply = proxy.get("/gone").await;
+    assert_eq!(reply.status, 502);
+    assert_timing(
+        reply
+            .header("server-timing")
+            .expect("Server-Timing on an error"),
+    );
+}
+
+/// By default no `Server-Timing` is added: it would tell any client how
+/// long the backends take.
+#[tokio::test]
+async fn server_timing_is_absent_by_default() {
+    let backend = FakeBackend::start("ok").await;
+    let proxy = TestProxy::start(&routes_file(&[("monolith", &backend.url())], "")).await;
+    let reply = proxy.get("/").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("server-timing"), None);
+}
