@@ -20,7 +20,9 @@ use tokio::net::TcpListener;
 /// A service failing `failures_in_100` of every 100 requests (spread out),
 /// adding `delay` to each answer.
 async fn service(failures_in_100: usize, delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
     let addr = listener.local_addr().expect("address");
     let hits = Arc::new(AtomicUsize::new(0));
     let counter = hits.clone();
@@ -28,19 +30,25 @@ async fn service(failures_in_100: usize, delay: Duration) -> (SocketAddr, Arc<At
         while let Ok((stream, _)) = listener.accept().await {
             let counter = counter.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
-                    let n = counter.fetch_add(1, Ordering::SeqCst);
-                    // Bresenham-like spreading: failure when the running share drops behind.
-                    let fails = (n + 1) * failures_in_100 / 100 > n * failures_in_100 / 100;
-                    async move {
-                        if !delay.is_zero() {
-                            tokio::time::sleep(delay).await;
+                let svc =
+                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        let n = counter.fetch_add(1, Ordering::SeqCst);
+                        // Bresenham-like spreading: failure when the running share drops behind.
+                        let fails = (n + 1) * failures_in_100 / 100 > n * failures_in_100 / 100;
+                        async move {
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                            let mut response =
+                                Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}")));
+                            *response.status_mut() = if fails {
+                                StatusCode::INTERNAL_SERVER_ERROR
+                            } else {
+                                StatusCode::OK
+                            };
+                            Ok::<_, Infallible>(response)
                         }
-                        let mut response = Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}")));
-                        *response.status_mut() = if fails { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK };
-                        Ok::<_, Infallible>(response)
-                    }
-                });
+                    });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
@@ -72,8 +80,15 @@ async fn run_profile(failures_in_100: usize, delay: Duration) -> Outcome {
     .expect("write routes");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let (addr, admin_addr) = (listener.local_addr().expect("addr"), admin.local_addr().expect("addr"));
-    let config = strangler::RunConfig { routes_dir: routes, state_dir: dir.path().join("state"), watch: false };
+    let (addr, admin_addr) = (
+        listener.local_addr().expect("addr"),
+        admin.local_addr().expect("addr"),
+    );
+    let config = strangler::RunConfig {
+        routes_dir: routes,
+        state_dir: dir.path().join("state"),
+        watch: false,
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(strangler::run(listener, admin, config, async move {
         let _ = stopped.await;
@@ -85,7 +100,10 @@ async fn run_profile(failures_in_100: usize, delay: Duration) -> Outcome {
     // Bounded: at most 40,000 requests per profile.
     while requests < 40_000 {
         let uri = format!("http://{addr}/x");
-        let request = Request::get(uri).header("x-user-id", (requests % 1000).to_string()).body(Empty::new()).expect("request");
+        let request = Request::get(uri)
+            .header("x-user-id", (requests % 1000).to_string())
+            .body(Empty::new())
+            .expect("request");
         if let Ok(response) = client.request(request).await {
             if response.status() == StatusCode::INTERNAL_SERVER_ERROR {
                 new_failures_seen += 1;
@@ -94,9 +112,16 @@ async fn run_profile(failures_in_100: usize, delay: Duration) -> Outcome {
         }
         requests += 1;
         if requests % 25 == 0 {
-            let request = Request::get(format!("http://{admin_addr}/api/migrations")).body(Empty::new()).expect("request");
+            let request = Request::get(format!("http://{admin_addr}/api/migrations"))
+                .body(Empty::new())
+                .expect("request");
             if let Ok(response) = client.request(request).await {
-                let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
                 let views: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                 status = views[0]["status"].as_str().unwrap_or("?").to_string();
                 if status != "running" {
@@ -107,11 +132,20 @@ async fn run_profile(failures_in_100: usize, delay: Duration) -> Outcome {
     }
     let _ = stop.send(());
     let _ = task.await;
-    Outcome { requests, new_hits: new_hits.load(Ordering::SeqCst), new_failures_seen, status }
+    Outcome {
+        requests,
+        new_hits: new_hits.load(Ordering::SeqCst),
+        new_failures_seen,
+        status,
+    }
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     println!("| bad service | outcome | requests sent | reached the new service | failed answers seen by clients |");
     println!("|---|---|---:|---:|---:|");
     for (label, failures, delay) in [

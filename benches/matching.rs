@@ -19,13 +19,18 @@ fn routes_yaml(n: usize) -> String {
             1 => format!("{{ prefix: \"/api/r{i}\" }}"),
             _ => format!("{{ path: \"/api/r{i}/exact\", methods: [POST] }}"),
         };
-        yaml.push_str(&format!("  - name: r{i}\n    match: {rule}\n    backend: svc\n"));
+        yaml.push_str(&format!(
+            "  - name: r{i}\n    match: {rule}\n    backend: svc\n"
+        ));
     }
     yaml
 }
 
 fn bench_matching(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let _guard = runtime.enter();
     let mut group = c.benchmark_group("select");
     for n in [10usize, 1_000, 10_000] {
@@ -33,13 +38,23 @@ fn bench_matching(c: &mut Criterion) {
         std::fs::write(dir.path().join("routes.yaml"), routes_yaml(n)).expect("write routes");
         let files = load_dir(dir.path()).expect("valid routes");
         let metrics = Metrics::new();
-        let snapshot = compile(&files, &CompileContext { metrics: &metrics, previous: None, migrations: None })
-            .expect("compiles")
-            .snapshot;
+        let snapshot = compile(
+            &files,
+            &CompileContext {
+                metrics: &metrics,
+                previous: None,
+                migrations: None,
+            },
+        )
+        .expect("compiles")
+        .snapshot;
         let headers = HeaderMap::new();
         // Hit a template route near the end of the table, and a miss.
         let hit_path = format!("/api/r{}/items/42", (n - 1) / 3 * 3);
-        for (label, path) in [("template_hit", hit_path.as_str()), ("miss", "/nothing/here")] {
+        for (label, path) in [
+            ("template_hit", hit_path.as_str()),
+            ("miss", "/nothing/here"),
+        ] {
             group.bench_with_input(BenchmarkId::new(label, n), &path, |b, path| {
                 b.iter(|| {
                     let view = RequestView {

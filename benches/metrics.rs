@@ -71,8 +71,15 @@ fn bench_encode(c: &mut Criterion) {
         }
     }
     let text = metrics.encode();
+    let body_lines = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("strangler_request_body_bytes")
+                || l.starts_with("strangler_response_body_bytes")
+        })
+        .count();
     eprintln!(
-        "/metrics with 1,000 routes: {} lines, {} bytes",
+        "/metrics with 1,000 routes: {} lines ({body_lines} of them body sizes), {} bytes",
         text.lines().count(),
         text.len()
     );

@@ -38,20 +38,26 @@ fn write_routes(dir: &Path, n: usize) {
             };
             yaml.push_str(&format!("  - name: r{i}\n    {rule}\n"));
         }
-        std::fs::write(dir.join(format!("routes-{file:02}.yaml")), yaml).expect("write a route file");
+        std::fs::write(dir.join(format!("routes-{file:02}.yaml")), yaml)
+            .expect("write a route file");
     }
 }
 
 /// A one-route file whose target alternates, so that each reload applies.
 fn write_toggle(dir: &Path, round: usize) {
     let backend = if round % 2 == 0 { "svc" } else { "monolith" };
-    let yaml = format!("routes:\n  - name: toggle\n    match: {{ prefix: \"/toggle\" }}\n    backend: {backend}\n");
+    let yaml = format!(
+        "routes:\n  - name: toggle\n    match: {{ prefix: \"/toggle\" }}\n    backend: {backend}\n"
+    );
     std::fs::write(dir.join("toggle.yaml"), yaml).expect("write toggle.yaml");
 }
 
 fn bench_reload(c: &mut Criterion) {
     // Upstream clients are built inside a runtime (their pool timer).
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let _guard = runtime.enter();
     let mut group = c.benchmark_group("reload");
     group.sample_size(20);
@@ -61,42 +67,69 @@ fn bench_reload(c: &mut Criterion) {
         write_toggle(dir.path(), 0);
         let metrics = Metrics::new();
         let files = load_dir(dir.path()).expect("valid routes");
-        let ctx = CompileContext { metrics: &metrics, previous: None, migrations: None };
+        let ctx = CompileContext {
+            metrics: &metrics,
+            previous: None,
+            migrations: None,
+        };
         let previous = compile(&files, &ctx).expect("compiles").snapshot;
         assert_eq!(previous.routes.len(), n + 1);
         // As a reload compiles: reusing the previous snapshot's upstreams.
-        let ctx = CompileContext { metrics: &metrics, previous: Some(&previous), migrations: None };
+        let ctx = CompileContext {
+            metrics: &metrics,
+            previous: Some(&previous),
+            migrations: None,
+        };
 
         group.bench_function(BenchmarkId::new("load_dir", n), |b| {
             b.iter(|| black_box(load_dir(dir.path()).expect("valid routes").len()))
         });
         group.bench_function(BenchmarkId::new("compile", n), |b| {
-            b.iter(|| black_box(compile(&files, &ctx).expect("compiles").snapshot.routes.len()))
+            b.iter(|| {
+                black_box(
+                    compile(&files, &ctx)
+                        .expect("compiles")
+                        .snapshot
+                        .routes
+                        .len(),
+                )
+            })
         });
         group.bench_function(BenchmarkId::new("load_and_compile", n), |b| {
             b.iter(|| {
                 let files = load_dir(dir.path()).expect("valid routes");
-                black_box(compile(&files, &ctx).expect("compiles").snapshot.routes.len())
+                black_box(
+                    compile(&files, &ctx)
+                        .expect("compiles")
+                        .snapshot
+                        .routes
+                        .len(),
+                )
             })
         });
 
         // The whole reload as a trigger runs it: read, compile, diff, swap,
         // and free the old snapshot (the reloader holds the last reference).
         let migrations = Arc::new(Migrations::new(metrics.clone(), None));
-        let reloader = Reloader::start(dir.path().to_path_buf(), metrics.clone(), migrations).expect("starts");
+        let reloader =
+            Reloader::start(dir.path().to_path_buf(), metrics.clone(), migrations).expect("starts");
         let mut round = 0;
         group.bench_function(BenchmarkId::new("reloader_reload_applied", n), |b| {
             b.iter(|| {
                 round += 1;
                 write_toggle(dir.path(), round);
                 let outcome = reloader.reload("bench");
-                assert!(matches!(outcome, ReloadOutcome::Applied { .. }), "{outcome:?}");
+                assert!(
+                    matches!(outcome, ReloadOutcome::Applied { .. }),
+                    "{outcome:?}"
+                );
             })
         });
 
         // The swap a request can meet: one atomic store; both snapshots
         // stay referenced, so no snapshot is freed here.
-        let (a, b) = (Arc::new(previous), Arc::new(compile(&files, &ctx).expect("compiles").snapshot));
+        let a = Arc::new(compile(&files, &ctx).expect("compiles").snapshot);
+        let b = Arc::new(compile(&files, &ctx).expect("compiles").snapshot);
         let table = ArcSwap::from(a.clone());
         let mut flip = false;
         group.bench_function(BenchmarkId::new("swap", n), |bench| {

@@ -17,7 +17,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 pub fn empty() -> ProxyBody {
@@ -176,7 +178,10 @@ pub struct Reclaim {
 
 /// Wraps `body`; the `Reclaim` gives it back if it was never polled.
 pub fn reclaimable(body: ProxyBody) -> (ReclaimableBody, Reclaim) {
-    let slot = std::sync::Arc::new(std::sync::Mutex::new(Slot { body: Some(body), is_touched: false }));
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(Slot {
+        body: Some(body),
+        is_touched: false,
+    }));
     (ReclaimableBody { slot: slot.clone() }, Reclaim { slot })
 }
 
@@ -198,7 +203,10 @@ impl Body for ReclaimableBody {
 
     // std Mutex, uncontended: only the connection task polls the body, and
     // the `Reclaim` handle is used after the exchange ended.
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let Ok(mut slot) = self.slot.lock() else {
             return Poll::Ready(Some(Err("request body lock poisoned".into())));
         };
@@ -210,7 +218,10 @@ impl Body for ReclaimableBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.slot.lock().map(|s| s.body.as_ref().is_none_or(|b| b.is_end_stream())).unwrap_or(true)
+        self.slot
+            .lock()
+            .map(|s| s.body.as_ref().is_none_or(|b| b.is_end_stream()))
+            .unwrap_or(true)
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -15,7 +15,11 @@ use crate::routing::{explain, RequestView, RouteChanges};
 use crate::telemetry::{self, LogFormat};
 
 #[derive(Debug, Parser)]
-#[command(name = "strangler", version, about = "Reverse proxy for the strangler-fig migration of a monolith")]
+#[command(
+    name = "strangler",
+    version,
+    about = "Reverse proxy for the strangler-fig migration of a monolith"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -48,7 +52,11 @@ pub struct MigrateArgs {
     /// The route; required for every action but `status`.
     pub route: Option<String>,
     /// Base URL of the admin API.
-    #[arg(long, env = "STRANGLER_ADMIN_URL", default_value = "http://127.0.0.1:9090")]
+    #[arg(
+        long,
+        env = "STRANGLER_ADMIN_URL",
+        default_value = "http://127.0.0.1:9090"
+    )]
     pub admin: String,
 }
 
@@ -63,12 +71,21 @@ pub struct RunArgs {
     /// Also serve TLS here, with the certificates of `server.tls`.
     #[arg(long = "tls-listen", env = "STRANGLER_TLS_LISTEN")]
     pub tls_listen: Option<SocketAddr>,
-    #[arg(long = "state-dir", env = "STRANGLER_STATE_DIR", default_value = "state")]
+    #[arg(
+        long = "state-dir",
+        env = "STRANGLER_STATE_DIR",
+        default_value = "state"
+    )]
     pub state_dir: PathBuf,
     /// Worker threads; default: all cores.
     #[arg(long, env = "STRANGLER_WORKERS")]
     pub workers: Option<usize>,
-    #[arg(long = "log-format", env = "STRANGLER_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long = "log-format",
+        env = "STRANGLER_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
 }
 
@@ -147,20 +164,39 @@ fn run(args: RunArgs) -> Result<(), CliError> {
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
-            .map_err(|source| CliError::Bind { what: "proxy", addr: args.listen, source })?;
+            .map_err(|source| CliError::Bind {
+                what: "proxy",
+                addr: args.listen,
+                source,
+            })?;
         let admin = tokio::net::TcpListener::bind(args.admin)
             .await
-            .map_err(|source| CliError::Bind { what: "admin", addr: args.admin, source })?;
-        let tls = match args.tls_listen {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| CliError::Bind { what: "TLS", addr, source })?,
-            ),
-            None => None,
+            .map_err(|source| CliError::Bind {
+                what: "admin",
+                addr: args.admin,
+                source,
+            })?;
+        let tls =
+            match args.tls_listen {
+                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(
+                    |source| CliError::Bind {
+                        what: "TLS",
+                        addr,
+                        source,
+                    },
+                )?),
+                None => None,
+            };
+        let config = crate::RunConfig {
+            routes_dir: args.routes,
+            state_dir: args.state_dir,
+            watch: true,
         };
-        let config = crate::RunConfig { routes_dir: args.routes, state_dir: args.state_dir, watch: true };
-        let listeners = crate::Listeners { proxy: listener, tls, admin };
+        let listeners = crate::Listeners {
+            proxy: listener,
+            tls,
+            admin,
+        };
         crate::serve(listeners, config, shutdown_signal()).await?;
         Ok(())
     })
@@ -168,18 +204,36 @@ fn run(args: RunArgs) -> Result<(), CliError> {
 
 fn migrate(args: MigrateArgs) -> Result<(), CliError> {
     use crate::admin::client::{call, migrations_table};
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(CliError::Runtime)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
     let answer = runtime.block_on(async {
         match (args.action.as_str(), &args.route) {
             ("status", None) => call(&args.admin, Method::GET, "/api/migrations").await,
             ("status", Some(route)) => {
                 let all = call(&args.admin, Method::GET, "/api/migrations").await?;
-                let one: Vec<serde_json::Value> =
-                    all.as_array().into_iter().flatten().filter(|v| v["route"] == route.as_str()).cloned().collect();
+                let one: Vec<serde_json::Value> = all
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|v| v["route"] == route.as_str())
+                    .cloned()
+                    .collect();
                 Ok(serde_json::Value::Array(one))
             }
-            (action, Some(route)) => call(&args.admin, Method::POST, &format!("/api/migrations/{route}/{action}")).await,
-            (_, None) => Err(crate::admin::client::AdminClientError::Url(format!("`{}` needs a ROUTE", args.action))),
+            (action, Some(route)) => {
+                call(
+                    &args.admin,
+                    Method::POST,
+                    &format!("/api/migrations/{route}/{action}"),
+                )
+                .await
+            }
+            (_, None) => Err(crate::admin::client::AdminClientError::Url(format!(
+                "`{}` needs a ROUTE",
+                args.action
+            ))),
         }
     })?;
     print!("{}", migrations_table(&answer));
@@ -220,10 +274,19 @@ async fn shutdown_signal() {
 
 /// Loads and compiles a directory without serving it.
 fn compile_dir(dir: &Path, metrics: &Metrics) -> Result<config::Compiled, ConfigErrors> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
     // Upstream clients need a runtime context to be built, not to run.
     let _guard = runtime.as_ref().ok().map(|r| r.enter());
-    config::load(dir, &CompileContext { metrics, previous: None, migrations: None })
+    config::load(
+        dir,
+        &CompileContext {
+            metrics,
+            previous: None,
+            migrations: None,
+        },
+    )
 }
 
 fn check(dir: &Path) -> ExitCode {
@@ -253,21 +316,36 @@ fn check(dir: &Path) -> ExitCode {
 
 fn explain_request(args: ExplainArgs) -> Result<(), CliError> {
     let compiled = compile_dir(&args.routes, &Metrics::new()).map_err(CliError::Config)?;
-    let method = Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
-        .map_err(|_| CliError::BadArgument { what: "method", value: args.method.clone() })?;
-    let uri: Uri = args.url.parse().map_err(|_| CliError::BadArgument { what: "URL", value: args.url.clone() })?;
+    let method = Method::from_bytes(args.method.to_ascii_uppercase().as_bytes()).map_err(|_| {
+        CliError::BadArgument {
+            what: "method",
+            value: args.method.clone(),
+        }
+    })?;
+    let uri: Uri = args.url.parse().map_err(|_| CliError::BadArgument {
+        what: "URL",
+        value: args.url.clone(),
+    })?;
     let mut headers = HeaderMap::new();
     for header in &args.headers {
-        let bad = || CliError::BadArgument { what: "header", value: header.clone() };
+        let bad = || CliError::BadArgument {
+            what: "header",
+            value: header.clone(),
+        };
         let (name, value) = header.split_once(':').ok_or_else(bad)?;
         let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| bad())?;
         let value = HeaderValue::from_str(value.trim()).map_err(|_| bad())?;
         headers.append(name, value);
     }
-    let path = crate::proxy::path::normalize(uri.path())
-        .map_err(|err| CliError::BadArgument { what: "path", value: format!("{} ({err})", uri.path()) })?;
+    let path = crate::proxy::path::normalize(uri.path()).map_err(|err| CliError::BadArgument {
+        what: "path",
+        value: format!("{} ({err})", uri.path()),
+    })?;
     let host = uri.host().map(str::to_string).or_else(|| {
-        headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(|h| h.split(':').next().unwrap_or(h).to_string())
+        headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| h.split(':').next().unwrap_or(h).to_string())
     });
     let request = RequestView {
         method: &method,
@@ -287,7 +365,10 @@ fn diff(old: &Path, new: &Path) -> Result<(), CliError> {
     let before = compile_dir(old, &metrics).map_err(CliError::Config)?;
     let after = compile_dir(new, &metrics).map_err(CliError::Config)?;
     let changes = RouteChanges::between(&before.snapshot, &after.snapshot);
-    println!("{} -> {}: {changes}", before.snapshot.version, after.snapshot.version);
+    println!(
+        "{} -> {}: {changes}",
+        before.snapshot.version, after.snapshot.version
+    );
     for line in &changes.traffic {
         println!("traffic  {line}");
     }

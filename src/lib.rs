@@ -3,7 +3,8 @@
 //! # Layout
 //! - `config`: route files: schema, loading, validation, compilation to a snapshot.
 //! - `routing`: the compiled route table: matching, weighted and sticky choice.
-//! - `proxy`: the hyper service: forward a request, header hygiene, errors.
+//! - `proxy`: the hyper service: forward a request, header hygiene, errors,
+//!   W3C trace context, `Server-Timing`.
 //! - `shadow`: mirroring to a candidate and comparing its answers (JSON-aware).
 //! - `gate`: migration verdicts from sliding windows of evidence and statistical tests.
 //! - `upstream`: backends: pooled clients, timeouts, error kinds.

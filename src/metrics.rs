@@ -21,10 +21,10 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Buckets for body sizes, 64 B to 64 MiB in steps of 4.
+/// Buckets for body sizes, 64 B to 16 MiB in steps of 8: coarse on
+/// purpose, since each bucket is a series per route and backend.
 const BODY_BYTES_BUCKETS: &[f64] = &[
-    64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
-    67108864.0,
+    64.0, 512.0, 4096.0, 32768.0, 262144.0, 2097152.0, 16777216.0,
 ];
 
 /// The `listener` label of the client listener's connection counters.

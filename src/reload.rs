@@ -26,9 +26,17 @@ const DEBOUNCE: Duration = Duration::from_millis(150);
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum ReloadOutcome {
-    Applied { version: String, changes: RouteChanges },
-    Unchanged { version: String },
-    Failed { version: String, errors: Vec<String> },
+    Applied {
+        version: String,
+        changes: RouteChanges,
+    },
+    Unchanged {
+        version: String,
+    },
+    Failed {
+        version: String,
+        errors: Vec<String>,
+    },
 }
 
 /// The state `/api/routes` shows besides the table.
@@ -50,8 +58,16 @@ pub struct Reloader {
 
 impl Reloader {
     /// Loads `dir` for the first time; an invalid directory is an error.
-    pub fn start(dir: PathBuf, metrics: Metrics, migrations: Arc<Migrations>) -> Result<Reloader, ConfigErrors> {
-        let ctx = CompileContext { metrics: &metrics, previous: None, migrations: Some(&migrations) };
+    pub fn start(
+        dir: PathBuf,
+        metrics: Metrics,
+        migrations: Arc<Migrations>,
+    ) -> Result<Reloader, ConfigErrors> {
+        let ctx = CompileContext {
+            metrics: &metrics,
+            previous: None,
+            migrations: Some(&migrations),
+        };
         let compiled = config::load(&dir, &ctx)?;
         for warning in &compiled.warnings {
             tracing::warn!("{warning}");
@@ -66,7 +82,10 @@ impl Reloader {
             metrics,
             migrations,
             table: Arc::new(ArcSwap::from_pointee(snapshot)),
-            status: Mutex::new(ReloadStatus { last_success_unix: Some(now), last_error: None }),
+            status: Mutex::new(ReloadStatus {
+                last_success_unix: Some(now),
+                last_error: None,
+            }),
         })
     }
 
@@ -85,42 +104,70 @@ impl Reloader {
     /// Reloads now. `trigger` names the cause in the log.
     pub fn reload(&self, trigger: &str) -> ReloadOutcome {
         let Ok(mut status) = self.status.lock() else {
-            return ReloadOutcome::Failed { version: String::new(), errors: vec!["reload state poisoned".into()] };
+            return ReloadOutcome::Failed {
+                version: String::new(),
+                errors: vec!["reload state poisoned".into()],
+            };
         };
         let old = self.table.load_full();
-        let ctx = CompileContext { metrics: &self.metrics, previous: Some(&old), migrations: Some(&self.migrations) };
+        let ctx = CompileContext {
+            metrics: &self.metrics,
+            previous: Some(&old),
+            migrations: Some(&self.migrations),
+        };
         let compiled = match config::load(&self.dir, &ctx) {
             Ok(compiled) => compiled,
             Err(errors) => {
                 let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
                 for line in &lines {
-                    tracing::error!(trigger, "reload failed, keeping version {}: {line}", old.version);
+                    tracing::error!(
+                        trigger,
+                        "reload failed, keeping version {}: {line}",
+                        old.version
+                    );
                 }
-                self.metrics.config_reloads.with_label_values(&["failure"]).inc();
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["failure"])
+                    .inc();
                 status.last_error = Some(lines.clone());
-                return ReloadOutcome::Failed { version: old.version.to_string(), errors: lines };
+                return ReloadOutcome::Failed {
+                    version: old.version.to_string(),
+                    errors: lines,
+                };
             }
         };
         status.last_error = None;
         let new = compiled.snapshot;
         if new.version == old.version {
-            return ReloadOutcome::Unchanged { version: new.version.to_string() };
+            return ReloadOutcome::Unchanged {
+                version: new.version.to_string(),
+            };
         }
         for warning in &compiled.warnings {
             tracing::warn!("{warning}");
         }
-        let names: Vec<&str> = new.routes.iter().filter(|r| r.migration.is_some()).map(|r| &*r.name).collect();
+        let names: Vec<&str> = new
+            .routes
+            .iter()
+            .filter(|r| r.migration.is_some())
+            .map(|r| &*r.name)
+            .collect();
         self.migrations.retain(&names);
         let changes = RouteChanges::between(&old, &new);
         let version = new.version.to_string();
-        self.metrics.set_config_version(Some(&old.version), &version);
+        self.metrics
+            .set_config_version(Some(&old.version), &version);
         for route in new.routes.iter() {
             if let (Some(migration), Some(plan)) = (&route.migration, &route.migration_plan) {
                 migration.replan((**plan).clone());
             }
         }
         self.table.store(Arc::new(new));
-        self.metrics.config_reloads.with_label_values(&["success"]).inc();
+        self.metrics
+            .config_reloads
+            .with_label_values(&["success"])
+            .inc();
         let now = unix_now();
         self.metrics.config_last_success.set(now as f64);
         status.last_success_unix = Some(now);
@@ -130,7 +177,10 @@ impl Reloader {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Reloads on changes in the routes directory and on SIGHUP, until the
@@ -163,7 +213,10 @@ impl Drop for AbortOnDrop {
 /// Watches the directory itself (not the files): editors that save by
 /// rename, files added and removed, and a Kubernetes ConfigMap's atomic
 /// swap of its `..data` symlink all show up as events on the directory.
-fn watch_dir(reloader: &Reloader, tx: tokio::sync::mpsc::Sender<&'static str>) -> Option<notify::RecommendedWatcher> {
+fn watch_dir(
+    reloader: &Reloader,
+    tx: tokio::sync::mpsc::Sender<&'static str>,
+) -> Option<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
     let handler = move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {

@@ -29,17 +29,27 @@ const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read `{path}`: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("`{path}` holds no PEM certificate (-----BEGIN CERTIFICATE-----)")]
     NoCertificate { path: PathBuf },
     #[error("`{path}` is not valid PEM: {source}")]
-    BadPem { path: PathBuf, source: rustls_pki_types::pem::Error },
+    BadPem {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
     #[error("`{path}` holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
     NoKey { path: PathBuf },
     #[error("the key in `{key}` does not match the certificate in `{cert}`")]
     Mismatch { cert: PathBuf, key: PathBuf },
     #[error("the certificate `{cert}` or key `{key}` cannot be used: {source}")]
-    Unusable { cert: PathBuf, key: PathBuf, source: rustls::Error },
+    Unusable {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
     #[error("`{0}` is not a valid SNI name")]
     BadName(String),
     #[error("SNI name `{0}` is given to two certificates")]
@@ -49,7 +59,9 @@ pub enum TlsError {
 /// The crypto provider every TLS configuration here uses (ring).
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())).clone()
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
 }
 
 /// A file's identity for change detection: modification time and size.
@@ -64,40 +76,78 @@ impl FileStamp {
 }
 
 /// Reads a file, remembering its stamp and folding its bytes into `hash`.
-pub(crate) fn read_file(path: &Path, seen: &mut Vec<(PathBuf, Option<FileStamp>)>, hash: &mut u64) -> Result<Vec<u8>, TlsError> {
+pub(crate) fn read_file(
+    path: &Path,
+    seen: &mut Vec<(PathBuf, Option<FileStamp>)>,
+    hash: &mut u64,
+) -> Result<Vec<u8>, TlsError> {
     let stamp = FileStamp::of(path);
-    let bytes = std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })?;
-    for &byte in path.as_os_str().as_encoded_bytes().iter().chain(&[0]).chain(&bytes) {
+    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    for &byte in path
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .chain(&[0])
+        .chain(&bytes)
+    {
         *hash = (*hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
     }
     seen.push((path.to_path_buf(), stamp));
     Ok(bytes)
 }
 
-pub(crate) fn parse_chain(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn parse_chain(
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let chain = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::BadPem { path: path.to_path_buf(), source })?;
+        .map_err(|source| TlsError::BadPem {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if chain.is_empty() {
-        return Err(TlsError::NoCertificate { path: path.to_path_buf() });
+        return Err(TlsError::NoCertificate {
+            path: path.to_path_buf(),
+        });
     }
     Ok(chain)
 }
 
 pub(crate) fn parse_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|err| match err {
-        rustls_pki_types::pem::Error::NoItemsFound => TlsError::NoKey { path: path.to_path_buf() },
-        source => TlsError::BadPem { path: path.to_path_buf(), source },
+        rustls_pki_types::pem::Error::NoItemsFound => TlsError::NoKey {
+            path: path.to_path_buf(),
+        },
+        source => TlsError::BadPem {
+            path: path.to_path_buf(),
+            source,
+        },
     })
 }
 
 /// A chain and its key, checked against each other.
-pub(crate) fn certified_key(cert: &Path, cert_pem: &[u8], key: &Path, key_pem: &[u8]) -> Result<CertifiedKey, TlsError> {
+pub(crate) fn certified_key(
+    cert: &Path,
+    cert_pem: &[u8],
+    key: &Path,
+    key_pem: &[u8],
+) -> Result<CertifiedKey, TlsError> {
     let chain = parse_chain(cert, cert_pem)?;
     let private = parse_key(key, key_pem)?;
     CertifiedKey::from_der(chain, private, &provider()).map_err(|source| match source {
-        rustls::Error::InconsistentKeys(_) => TlsError::Mismatch { cert: cert.to_path_buf(), key: key.to_path_buf() },
-        source => TlsError::Unusable { cert: cert.to_path_buf(), key: key.to_path_buf(), source },
+        rustls::Error::InconsistentKeys(_) => TlsError::Mismatch {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        },
+        source => TlsError::Unusable {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            source,
+        },
     })
 }
 
@@ -131,24 +181,35 @@ pub struct Certificates {
 
 impl Certificates {
     /// Loads every entry; the first error names the entry and field.
-    pub fn load(entries: &[CertificateFiles]) -> Result<Certificates, (usize, CertField, TlsError)> {
+    // Runs when routes are compiled, never per request: the error's size
+    // does not matter, and unboxed it reads plainly at every `?`.
+    #[allow(clippy::result_large_err)]
+    pub fn load(
+        entries: &[CertificateFiles],
+    ) -> Result<Certificates, (usize, CertField, TlsError)> {
         let mut files = Vec::new();
         let mut hash = 0xcbf2_9ce4_8422_2325;
         let mut keys = Vec::new();
         let mut names: Vec<(Box<str>, usize)> = Vec::new();
         for (index, entry) in entries.iter().enumerate() {
-            let cert_pem = read_file(&entry.cert, &mut files, &mut hash).map_err(|e| (index, CertField::Cert, e))?;
-            let key_pem = read_file(&entry.key, &mut files, &mut hash).map_err(|e| (index, CertField::Key, e))?;
-            let certified = certified_key(&entry.cert, &cert_pem, &entry.key, &key_pem).map_err(|e| {
-                let field = if matches!(e, TlsError::NoCertificate { .. }) || is_cert_pem_error(&e, &entry.cert) {
-                    CertField::Cert
-                } else {
-                    CertField::Key
-                };
-                (index, field, e)
-            })?;
+            let cert_pem = read_file(&entry.cert, &mut files, &mut hash)
+                .map_err(|e| (index, CertField::Cert, e))?;
+            let key_pem = read_file(&entry.key, &mut files, &mut hash)
+                .map_err(|e| (index, CertField::Key, e))?;
+            let certified =
+                certified_key(&entry.cert, &cert_pem, &entry.key, &key_pem).map_err(|e| {
+                    let field = if matches!(e, TlsError::NoCertificate { .. })
+                        || is_cert_pem_error(&e, &entry.cert)
+                    {
+                        CertField::Cert
+                    } else {
+                        CertField::Key
+                    };
+                    (index, field, e)
+                })?;
             for name in &entry.sni {
-                let name = normalise_name(name).ok_or_else(|| (index, CertField::Sni, TlsError::BadName(name.clone())))?;
+                let name = normalise_name(name)
+                    .ok_or_else(|| (index, CertField::Sni, TlsError::BadName(name.clone())))?;
                 if names.iter().any(|(n, _)| *n == name) {
                     return Err((index, CertField::Sni, TlsError::DuplicateName(name.into())));
                 }
@@ -156,7 +217,12 @@ impl Certificates {
             }
             keys.push(Arc::new(certified));
         }
-        Ok(Certificates { names: names.into(), keys: keys.into(), files, fingerprint: hash })
+        Ok(Certificates {
+            names: names.into(),
+            keys: keys.into(),
+            files,
+            fingerprint: hash,
+        })
     }
 
     /// The certificate for `server_name`: an exact name, else a wildcard
@@ -166,9 +232,14 @@ impl Certificates {
         let index = server_name
             .and_then(|name| {
                 let name = name.trim_end_matches('.');
-                let exact = self.names.iter().find(|(n, _)| n.eq_ignore_ascii_case(name));
+                let exact = self
+                    .names
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(name));
                 let parent = name.find('.').map(|dot| &name[dot..]);
-                exact.or_else(|| parent.and_then(|p| self.names.iter().find(|(n, _)| n.eq_ignore_ascii_case(p))))
+                exact.or_else(|| {
+                    parent.and_then(|p| self.names.iter().find(|(n, _)| n.eq_ignore_ascii_case(p)))
+                })
             })
             .map_or(0, |(_, index)| *index);
         self.keys.get(index).cloned()
@@ -176,7 +247,9 @@ impl Certificates {
 
     /// Whether a certificate or key file changed since it was loaded.
     pub fn files_changed(&self) -> bool {
-        self.files.iter().any(|(path, stamp)| FileStamp::of(path) != *stamp)
+        self.files
+            .iter()
+            .any(|(path, stamp)| FileStamp::of(path) != *stamp)
     }
 }
 
@@ -193,9 +266,16 @@ fn normalise_name(name: &str) -> Option<Box<str>> {
     };
     let is_valid = !rest.is_empty()
         && rest.split('.').all(|label| {
-            !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
-    let normal: Box<str> = if is_wildcard { format!(".{rest}").into() } else { rest.into() };
+    let normal: Box<str> = if is_wildcard {
+        format!(".{rest}").into()
+    } else {
+        rest.into()
+    };
     is_valid.then_some(normal)
 }
 
@@ -234,11 +314,15 @@ pub fn spawn_file_watch(reloader: Arc<Reloader>) -> tokio::task::JoinHandle<()> 
         loop {
             ticks.tick().await;
             let certificates = reloader.table().load().server.tls.clone();
-            let Some(certificates) = certificates else { continue };
+            let Some(certificates) = certificates else {
+                continue;
+            };
             let changed = tokio::task::spawn_blocking(move || certificates.files_changed()).await;
             if changed.unwrap_or(false) {
                 let reloader = reloader.clone();
-                let _ = tokio::task::spawn_blocking(move || reloader.reload("certificate file change")).await;
+                let _ =
+                    tokio::task::spawn_blocking(move || reloader.reload("certificate file change"))
+                        .await;
             }
         }
     })

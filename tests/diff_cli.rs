@@ -53,7 +53,8 @@ impl Dirs {
         for (name, routes) in [("old", old_routes), ("new", new_routes)] {
             let routes_dir = dir.path().join(name);
             std::fs::create_dir(&routes_dir).expect("create a routes directory");
-            std::fs::write(routes_dir.join("backends.yaml"), BACKENDS).expect("write backends.yaml");
+            std::fs::write(routes_dir.join("backends.yaml"), BACKENDS)
+                .expect("write backends.yaml");
             std::fs::write(routes_dir.join("routes.yaml"), routes).expect("write routes.yaml");
         }
         Dirs { dir }
@@ -82,7 +83,9 @@ fn version_of(dir: &Path) -> String {
     let output = strangler(&[Path::new("check"), dir]);
     let out = stdout(&output);
     assert!(output.status.success(), "{out}");
-    let (_, rest) = out.split_once("version ").unwrap_or_else(|| panic!("no version in {out}"));
+    let (_, rest) = out
+        .split_once("version ")
+        .unwrap_or_else(|| panic!("no version in {out}"));
     rest.trim_end().trim_end_matches(')').to_string()
 }
 
@@ -96,7 +99,12 @@ fn diff_shows_added_removed_and_changed_routes_and_a_moved_split_share() {
     let output = strangler(&[Path::new("diff"), &old, &new]);
 
     let out = stdout(&output);
-    assert_eq!(output.status.code(), Some(0), "{out}{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let lines: Vec<&str> = out.lines().collect();
     let summary = format!(
         "{} -> {}: 1 added, 1 removed, 2 changed; added: catalog; removed: legacy-search; changed: orders-read, checkout",
@@ -107,12 +115,20 @@ fn diff_shows_added_removed_and_changed_routes_and_a_moved_split_share() {
     assert_eq!(lines[0], summary);
     let traffic = lines[1];
     assert!(traffic.starts_with("traffic  checkout: "), "{out}");
-    let (before, after) = traffic.split_once(" -> ").unwrap_or_else(|| panic!("no `->` in {traffic}"));
+    let (before, after) = traffic
+        .split_once(" -> ")
+        .unwrap_or_else(|| panic!("no `->` in {traffic}"));
     for share in ["checkout-svc 5%", "monolith 95%"] {
-        assert!(before.contains(share) && !after.contains(share), "{traffic}");
+        assert!(
+            before.contains(share) && !after.contains(share),
+            "{traffic}"
+        );
     }
     for share in ["checkout-svc 25%", "monolith 75%"] {
-        assert!(after.contains(share) && !before.contains(share), "{traffic}");
+        assert!(
+            after.contains(share) && !before.contains(share),
+            "{traffic}"
+        );
     }
 }
 
@@ -126,20 +142,33 @@ fn diff_of_identical_directories_reports_no_change() {
     let output = strangler(&[Path::new("diff"), &dirs.path("old"), &dirs.path("new")]);
 
     assert_eq!(output.status.code(), Some(0));
-    assert_eq!(stdout(&output), format!("{version} -> {version}: 0 added, 0 removed, 0 changed\n"));
+    assert_eq!(
+        stdout(&output),
+        format!("{version} -> {version}: 0 added, 0 removed, 0 changed\n")
+    );
 }
 
 /// `diff` against a directory that does not compile prints its errors at
 /// FILE:LINE:COL and exits 1, so CI can run it on a change under review.
 #[test]
 fn diff_refuses_an_invalid_directory_with_its_errors() {
-    let dirs = Dirs::new(OLD_ROUTES, &NEW_ROUTES.replace("backend: orders\n    fallback", "backend: ordrs\n    fallback"));
+    let dirs = Dirs::new(
+        OLD_ROUTES,
+        &NEW_ROUTES.replace(
+            "backend: orders\n    fallback",
+            "backend: ordrs\n    fallback",
+        ),
+    );
 
     let output = strangler(&[Path::new("diff"), &dirs.path("old"), &dirs.path("new")]);
 
     let err = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{err}");
     let position = format!("{}:4:14: ", dirs.path("new").join("routes.yaml").display());
-    assert!(err.lines().any(|l| l.contains(&position) && l.contains("unknown backend `ordrs`")), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.contains(&position) && l.contains("unknown backend `ordrs`")),
+        "{err}"
+    );
     assert!(stdout(&output).is_empty(), "{}", stdout(&output));
 }

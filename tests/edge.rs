@@ -18,14 +18,19 @@ struct RawReply {
 
 impl RawReply {
     fn status(&self) -> u16 {
-        self.text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0)
+        self.text
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
     }
 }
 
 /// Writes `bytes` on a new connection and reads until the proxy closes it
 /// or `PATIENCE` runs out (then `is_closed` is false).
 async fn raw(addr: SocketAddr, bytes: &[u8]) -> RawReply {
-    let mut stream = TcpStream::connect(addr).await.expect("connect to the proxy");
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .expect("connect to the proxy");
     stream.write_all(bytes).await.expect("write the request");
     let mut answer = Vec::new();
     let mut buf = [0u8; 8192];
@@ -39,11 +44,17 @@ async fn raw(addr: SocketAddr, bytes: &[u8]) -> RawReply {
     })
     .await
     .is_ok();
-    RawReply { text: String::from_utf8_lossy(&answer).into_owned(), is_closed }
+    RawReply {
+        text: String::from_utf8_lossy(&answer).into_owned(),
+        is_closed,
+    }
 }
 
 fn edge_routes(backend: &FakeBackend, server: &str) -> String {
-    format!("server:\n{server}\n{}", routes_file(&[("monolith", &backend.url())], ""))
+    format!(
+        "server:\n{server}\n{}",
+        routes_file(&[("monolith", &backend.url())], "")
+    )
 }
 
 /// Every ambiguous or malformed framing gets 400, the connection is
@@ -88,10 +99,18 @@ async fn smuggling_attempts_get_400_and_never_reach_the_backend() {
 async fn an_invalid_chunk_size_is_not_answered_with_success() {
     let backend = FakeBackend::with(Behaviour::CountUpload).await;
     let proxy = TestProxy::start(&edge_routes(&backend, "  via: strangler")).await;
-    let reply = raw(proxy.addr, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n").await;
+    let reply = raw(
+        proxy.addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
     assert!(reply.is_closed);
     assert!(!reply.text.starts_with("HTTP/1.1 2"), "{:?}", reply.text);
-    assert_eq!(backend.uploaded(), 0, "no byte of the bad body was forwarded");
+    assert_eq!(
+        backend.uploaded(),
+        0,
+        "no byte of the bad body was forwarded"
+    );
 }
 
 /// A chunked request is served, then its connection closed: the head
@@ -106,7 +125,11 @@ async fn a_chunked_request_is_served_and_its_connection_closed() {
     )
     .await;
     assert_eq!(reply.status(), 200, "{:?}", reply.text);
-    assert!(reply.text.ends_with("\r\n\r\n3"), "only the first request was answered: {:?}", reply.text);
+    assert!(
+        reply.text.ends_with("\r\n\r\n3"),
+        "only the first request was answered: {:?}",
+        reply.text
+    );
     assert!(reply.is_closed);
     assert_eq!(backend.hits(), 1);
 }
@@ -120,13 +143,18 @@ async fn connect_and_absolute_form_never_reach_a_host_outside_the_table() {
     let proxy = TestProxy::start(&edge_routes(&backend, "  via: strangler")).await;
     let target = outsider.addr;
 
-    let connect = raw(proxy.addr, format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes()).await;
+    let connect = raw(
+        proxy.addr,
+        format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes(),
+    )
+    .await;
     assert_eq!(connect.status(), 405, "{:?}", connect.text);
     assert!(connect.text.contains("\"error\":\"method_not_allowed\""));
 
     let absolute = raw(
         proxy.addr,
-        format!("GET http://{target}/x HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET http://{target}/x HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
     )
     .await;
     assert_eq!(absolute.status(), 200, "{:?}", absolute.text);
@@ -140,8 +168,15 @@ async fn connect_and_absolute_form_never_reach_a_host_outside_the_table() {
 #[tokio::test]
 async fn oversized_heads_get_431_and_the_proxy_keeps_serving() {
     let backend = FakeBackend::start("monolith").await;
-    let proxy = TestProxy::start(&edge_routes(&backend, "  max_header_bytes: 16KiB\n  max_headers: 20")).await;
-    let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "x".repeat(20 * 1024));
+    let proxy = TestProxy::start(&edge_routes(
+        &backend,
+        "  max_header_bytes: 16KiB\n  max_headers: 20",
+    ))
+    .await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "x".repeat(20 * 1024)
+    );
     assert_eq!(raw(proxy.addr, big.as_bytes()).await.status(), 431);
     let mut many = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
     for i in 0..30 {
@@ -156,7 +191,10 @@ async fn oversized_heads_get_431_and_the_proxy_keeps_serving() {
     for i in 0..30 {
         req = req.header(format!("x-h{i}"), "1");
     }
-    let reply = proxy.h2_client().send(req.body(empty()).expect("request")).await;
+    let reply = proxy
+        .h2_client()
+        .send(req.body(empty()).expect("request"))
+        .await;
     assert_eq!(reply.status, 431);
 }
 
@@ -169,7 +207,10 @@ async fn slowloris_connections_do_not_stop_normal_traffic() {
     let mut slow = Vec::new();
     for _ in 0..300 {
         let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
-        stream.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ").await.expect("write half a head");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+            .await
+            .expect("write half a head");
         slow.push(stream);
     }
     assert_eq!(proxy.get("/").await.text(), "monolith");
@@ -177,7 +218,10 @@ async fn slowloris_connections_do_not_stop_normal_traffic() {
     for mut stream in slow {
         let mut buf = [0u8; 64];
         let read = tokio::time::timeout(PATIENCE, stream.read(&mut buf)).await;
-        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "a slow connection was not closed: {read:?}");
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "a slow connection was not closed: {read:?}"
+        );
     }
     assert_eq!(backend.hits(), 1);
 }
@@ -196,7 +240,13 @@ async fn connections_past_the_limit_are_refused_with_503() {
     assert!(refused.is_closed);
     drop(first);
     eventually("a slot is free again", || async {
-        raw(proxy.addr, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.status() == 200
+        raw(
+            proxy.addr,
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .status()
+            == 200
     })
     .await;
 }
@@ -212,13 +262,26 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     untrusting.get_with("/", &chain).await;
     let seen = backend.last_request();
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
-    assert!(seen.header("forwarded").is_some_and(|f| f.starts_with("for=127.0.0.1;")));
+    assert!(seen
+        .header("forwarded")
+        .is_some_and(|f| f.starts_with("for=127.0.0.1;")));
 
-    let trusting = TestProxy::start(&edge_routes(&backend, "  trusted_proxies: [127.0.0.1, 10.0.0.0/8]")).await;
+    let trusting = TestProxy::start(&edge_routes(
+        &backend,
+        "  trusted_proxies: [127.0.0.1, 10.0.0.0/8]",
+    ))
+    .await;
     trusting.get_with("/", &chain).await;
     let seen = backend.last_request();
-    assert_eq!(seen.header("x-forwarded-for"), Some("198.51.100.1, 203.0.113.7, 10.0.0.9, 127.0.0.1"));
-    assert!(seen.header("forwarded").is_some_and(|f| f.starts_with("for=203.0.113.7;")), "{seen:?}");
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("198.51.100.1, 203.0.113.7, 10.0.0.9, 127.0.0.1")
+    );
+    assert!(
+        seen.header("forwarded")
+            .is_some_and(|f| f.starts_with("for=203.0.113.7;")),
+        "{seen:?}"
+    );
 }
 
 /// Sticky-by-IP splits use the believed client address: two clients
@@ -239,10 +302,22 @@ async fn sticky_by_ip_uses_the_believed_client_address() {
     let mut sides = std::collections::BTreeSet::new();
     for i in 0..64 {
         let client = format!("198.51.100.{i}");
-        let first = proxy.get_with("/", &[("x-forwarded-for", &client)]).await.text().to_string();
-        let again = proxy.get_with("/", &[("x-forwarded-for", &client)]).await.text().to_string();
+        let first = proxy
+            .get_with("/", &[("x-forwarded-for", &client)])
+            .await
+            .text()
+            .to_string();
+        let again = proxy
+            .get_with("/", &[("x-forwarded-for", &client)])
+            .await
+            .text()
+            .to_string();
         assert_eq!(first, again, "{client} moved between sides");
         sides.insert(first);
     }
-    assert_eq!(sides.len(), 2, "64 believed addresses all landed on one side");
+    assert_eq!(
+        sides.len(),
+        2,
+        "64 believed addresses all landed on one side"
+    );
 }

@@ -28,7 +28,9 @@ struct Service {
 }
 
 async fn service(failures_in_ten: usize) -> Service {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
     let addr = listener.local_addr().expect("address");
     let hits = Arc::new(AtomicUsize::new(0));
     let counter = hits.clone();
@@ -36,16 +38,21 @@ async fn service(failures_in_ten: usize) -> Service {
         while let Ok((stream, _)) = listener.accept().await {
             let counter = counter.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
-                    let n = counter.fetch_add(1, Ordering::SeqCst);
-                    let status = if n % 10 < failures_in_ten { 500 } else { 200 };
-                    async move {
-                        let mut response = Response::new(Full::new(Bytes::from_static(b"{\"id\":7,\"total\":12.5}")));
-                        *response.status_mut() = StatusCode::from_u16(status).expect("status");
-                        response.headers_mut().insert("content-type", "application/json".parse().expect("value"));
-                        Ok::<_, Infallible>(response)
-                    }
-                });
+                let svc =
+                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        let n = counter.fetch_add(1, Ordering::SeqCst);
+                        let status = if n % 10 < failures_in_ten { 500 } else { 200 };
+                        async move {
+                            let mut response = Response::new(Full::new(Bytes::from_static(
+                                b"{\"id\":7,\"total\":12.5}",
+                            )));
+                            *response.status_mut() = StatusCode::from_u16(status).expect("status");
+                            response
+                                .headers_mut()
+                                .insert("content-type", "application/json".parse().expect("value"));
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
@@ -74,16 +81,36 @@ impl Proxy {
     async fn start(routes_dir: &Path, state_dir: &Path) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let (addr, admin) = (listener.local_addr().expect("addr"), admin_listener.local_addr().expect("addr"));
+        let (addr, admin) = (
+            listener.local_addr().expect("addr"),
+            admin_listener.local_addr().expect("addr"),
+        );
         let (stop, stopped) = oneshot::channel::<()>();
-        let config = strangler::RunConfig { routes_dir: routes_dir.into(), state_dir: state_dir.into(), watch: false };
-        let task = tokio::spawn(strangler::run(listener, admin_listener, config, async move {
-            let _ = stopped.await;
-        }));
-        let proxy = Proxy { addr, admin, stop: Some(stop), task };
+        let config = strangler::RunConfig {
+            routes_dir: routes_dir.into(),
+            state_dir: state_dir.into(),
+            watch: false,
+        };
+        let task = tokio::spawn(strangler::run(
+            listener,
+            admin_listener,
+            config,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let proxy = Proxy {
+            addr,
+            admin,
+            stop: Some(stop),
+            task,
+        };
         support::eventually("the admin API answers", || async {
             let client = HttpClient::http1(admin);
-            let request = client.request(Method::GET, "/readyz").body(empty()).expect("request");
+            let request = client
+                .request(Method::GET, "/readyz")
+                .body(empty())
+                .expect("request");
             client.try_send(request).await.is_ok()
         })
         .await;
@@ -104,7 +131,10 @@ impl Proxy {
 
     async fn command(&self, action: &str) -> Value {
         let client = HttpClient::http1(self.admin);
-        let request = client.request(Method::POST, &format!("/api/migrations/orders/{action}")).body(empty()).expect("request");
+        let request = client
+            .request(Method::POST, &format!("/api/migrations/orders/{action}"))
+            .body(empty())
+            .expect("request");
         let reply = client.send(request).await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
         reply.json()
@@ -121,7 +151,9 @@ impl Proxy {
                 .body(empty())
                 .expect("request");
             let reply = client.send(request).await;
-            assert!(reply.status == StatusCode::OK || reply.status == StatusCode::INTERNAL_SERVER_ERROR);
+            assert!(
+                reply.status == StatusCode::OK || reply.status == StatusCode::INTERNAL_SERVER_ERROR
+            );
             if n % 20 == 0 {
                 let view = self.migration().await;
                 if done(&view) {
@@ -149,10 +181,14 @@ async fn a_healthy_service_is_promoted_from_shadow_to_completion() {
     let (monolith, new) = (service(0).await, service(0).await);
     let (_dir, routes_dir, state_dir) = dirs(&routes(&monolith, &new, "[shadow, 50%, 100%]", 20));
     let proxy = Proxy::start(&routes_dir, &state_dir).await;
-    let view = proxy.drive_until(20_000, |v| v["status"] == "completed").await;
+    let view = proxy
+        .drive_until(20_000, |v| v["status"] == "completed")
+        .await;
     assert_eq!(view["status"], "completed", "{view:#}");
     assert_eq!(view["weight"], 1.0);
-    let promotions = view["history"].as_array().map_or(0, |h| h.iter().filter(|d| d["verdict"] == "promote").count());
+    let promotions = view["history"].as_array().map_or(0, |h| {
+        h.iter().filter(|d| d["verdict"] == "promote").count()
+    });
     assert_eq!(promotions, 2, "shadow -> 50% -> 100%: {view:#}");
     assert!(new.hits.load(Ordering::SeqCst) > 0);
     proxy.stop().await;
@@ -165,13 +201,19 @@ async fn a_failing_service_is_rolled_back_and_receives_no_more_traffic() {
     let (monolith, new) = (service(0).await, service(3).await);
     let (_dir, routes_dir, state_dir) = dirs(&routes(&monolith, &new, "[50%, 100%]", 20));
     let proxy = Proxy::start(&routes_dir, &state_dir).await;
-    let view = proxy.drive_until(20_000, |v| v["status"] == "rolled_back").await;
+    let view = proxy
+        .drive_until(20_000, |v| v["status"] == "rolled_back")
+        .await;
     assert_eq!(view["status"], "rolled_back", "{view:#}");
     assert_eq!(view["weight"], 0.0);
     assert_eq!(view["stage"], "50%", "rolled back before the next stage");
     let hits_at_rollback = new.hits.load(Ordering::SeqCst);
     proxy.drive_until(200, |_| false).await;
-    assert_eq!(new.hits.load(Ordering::SeqCst), hits_at_rollback, "no traffic after rollback");
+    assert_eq!(
+        new.hits.load(Ordering::SeqCst),
+        hits_at_rollback,
+        "no traffic after rollback"
+    );
     proxy.stop().await;
 }
 
@@ -181,7 +223,9 @@ async fn too_little_traffic_holds_the_stage() {
     let (monolith, new) = (service(0).await, service(0).await);
     let (_dir, routes_dir, state_dir) = dirs(&routes(&monolith, &new, "[50%, 100%]", 100_000));
     let proxy = Proxy::start(&routes_dir, &state_dir).await;
-    let view = proxy.drive_until(2_000, |v| v["last_evidence"]["verdict"] == "hold").await;
+    let view = proxy
+        .drive_until(2_000, |v| v["last_evidence"]["verdict"] == "hold")
+        .await;
     assert_eq!(view["last_evidence"]["verdict"], "hold", "{view:#}");
     assert_eq!(view["stage"], "50%");
     assert_eq!(view["status"], "running");
@@ -210,13 +254,23 @@ async fn operators_drive_it_and_the_stage_survives_restart_and_reload() {
     // A reload with the migration unchanged (only a comment added) keeps it.
     std::fs::write(routes_dir.join("routes.yaml"), format!("# edited\n{yaml}")).expect("rewrite");
     let admin = HttpClient::http1(proxy.admin);
-    let reload = admin.send(admin.request(Method::POST, "/api/reload").body(empty()).expect("request")).await;
+    let reload = admin
+        .send(
+            admin
+                .request(Method::POST, "/api/reload")
+                .body(empty())
+                .expect("request"),
+        )
+        .await;
     assert_eq!(reload.status, StatusCode::OK, "{}", reload.text());
     assert_eq!(proxy.migration().await["stage"], "50%");
     let rolled_back = proxy.command("rollback").await;
     assert_eq!(rolled_back["status"], "rolled_back");
     assert_eq!(rolled_back["weight"], 0.0);
     let metrics = admin.get("/metrics").await.text().to_string();
-    assert!(metrics.contains("strangler_migration_stage{route=\"orders\"} -1"), "{metrics}");
+    assert!(
+        metrics.contains("strangler_migration_stage{route=\"orders\"} -1"),
+        "{metrics}"
+    );
     proxy.stop().await;
 }

@@ -3,9 +3,9 @@
 //! edits refused while the old table serves, `POST /api/reload` and SIGHUP,
 //! pools kept across a reload, and reloads under load that fail no request.
 
-mod support;
 #[path = "support/reload.rs"]
 mod reload_support;
+mod support;
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -25,13 +25,18 @@ const SUCCESSES: &str = r#"strangler_config_reloads_total{result="success"}"#;
 fn orders_to(monolith: &FakeBackend, orders: &FakeBackend, target: &str) -> String {
     routes_file(
         &[("monolith", &monolith.url()), ("orders", &orders.url())],
-        &format!("  - name: orders\n    match: {{ prefix: \"/api/orders\" }}\n    backend: {target}\n"),
+        &format!(
+            "  - name: orders\n    match: {{ prefix: \"/api/orders\" }}\n    backend: {target}\n"
+        ),
     )
 }
 
 /// `backends.yaml` for the monolith (the default) and `orders`.
 fn backends_file(monolith: &FakeBackend, orders: &FakeBackend) -> String {
-    routes_file(&[("monolith", &monolith.url()), ("orders", &orders.url())], "")
+    routes_file(
+        &[("monolith", &monolith.url()), ("orders", &orders.url())],
+        "",
+    )
 }
 
 const ORDERS_ROUTE: &str = r#"routes:
@@ -46,12 +51,18 @@ async fn last_error(proxy: &ReloadingProxy) -> Vec<String> {
     let errors = routes["last_error"]
         .as_array()
         .unwrap_or_else(|| panic!("/api/routes has no last_error: {routes:#}"));
-    errors.iter().map(|e| e.as_str().expect("an error line").to_string()).collect()
+    errors
+        .iter()
+        .map(|e| e.as_str().expect("an error line").to_string())
+        .collect()
 }
 
 /// Waits until a reload has failed since `before` failures were counted.
 async fn until_a_reload_fails(proxy: &ReloadingProxy, before: f64) {
-    eventually("a reload fails", || async { proxy.metric(FAILURES).await > before }).await;
+    eventually("a reload fails", || async {
+        proxy.metric(FAILURES).await > before
+    })
+    .await;
 }
 
 /// A route file edited in place is applied: requests follow the new rule,
@@ -71,8 +82,16 @@ async fn an_edit_in_place_is_applied() {
     assert_eq!(proxy.get("/api/orders/7").await.text(), "orders");
     let info = |version: &str| format!("strangler_config_info{{version=\"{version}\"}}");
     assert_eq!(proxy.metric(&info(&new)).await, 1.0);
-    assert_eq!(proxy.metric(&info(&old)).await, 0.0, "the old version's series is removed");
-    assert_eq!(proxy.metric(SUCCESSES).await, 2.0, "the first load and the reload");
+    assert_eq!(
+        proxy.metric(&info(&old)).await,
+        0.0,
+        "the old version's series is removed"
+    );
+    assert_eq!(
+        proxy.metric(SUCCESSES).await,
+        2.0,
+        "the first load and the reload"
+    );
     assert_eq!(proxy.metric(FAILURES).await, 0.0);
     let status = proxy.routes().await;
     assert!(status["last_error"].is_null(), "{status:#}");
@@ -122,7 +141,10 @@ async fn a_yaml_syntax_error_keeps_the_old_table() {
     let errors = last_error(&proxy).await;
     let position = format!("{}:7:5: ", routes.file("routes.yaml"));
     assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(errors[0].starts_with(&position), "{errors:?} should start with {position}");
+    assert!(
+        errors[0].starts_with(&position),
+        "{errors:?} should start with {position}"
+    );
 }
 
 /// An edit naming an unknown backend keeps the old table serving and
@@ -140,7 +162,10 @@ async fn an_unknown_backend_keeps_the_old_table_until_fixed() {
     let version = proxy.version().await;
     let before = proxy.metric(FAILURES).await;
 
-    routes.save_by_rename("routes.yaml", &ORDERS_ROUTE.replace("backend: orders", "backend: ordrs"));
+    routes.save_by_rename(
+        "routes.yaml",
+        &ORDERS_ROUTE.replace("backend: orders", "backend: ordrs"),
+    );
     until_a_reload_fails(&proxy, before).await;
 
     assert_eq!(proxy.version().await, version);
@@ -149,10 +174,19 @@ async fn an_unknown_backend_keeps_the_old_table_until_fixed() {
     let errors = last_error(&proxy).await;
     let position = format!("{}:4:14: ", routes.file("routes.yaml"));
     assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(errors[0].starts_with(&position), "{errors:?} should start with {position}");
-    assert!(errors[0].contains("unknown backend `ordrs` (did you mean `orders`?)"), "{errors:?}");
+    assert!(
+        errors[0].starts_with(&position),
+        "{errors:?} should start with {position}"
+    );
+    assert!(
+        errors[0].contains("unknown backend `ordrs` (did you mean `orders`?)"),
+        "{errors:?}"
+    );
 
-    routes.save_by_rename("routes.yaml", &ORDERS_ROUTE.replace("backend: orders", "backend: monolith"));
+    routes.save_by_rename(
+        "routes.yaml",
+        &ORDERS_ROUTE.replace("backend: orders", "backend: monolith"),
+    );
     proxy.next_version(&version).await;
 
     assert_eq!(proxy.get("/api/orders/7").await.text(), "monolith");
@@ -173,7 +207,8 @@ async fn a_file_added_and_a_file_removed_are_applied() {
     let proxy = ReloadingProxy::start(&routes).await;
     assert_eq!(proxy.get("/api/search").await.text(), "monolith");
 
-    let search = "routes:\n  - name: search\n    match: { prefix: \"/api/search\" }\n    backend: orders\n";
+    let search =
+        "routes:\n  - name: search\n    match: { prefix: \"/api/search\" }\n    backend: orders\n";
     routes.write("search.yaml", search);
     proxy.until_served("/api/search", "orders").await;
     routes.remove("search.yaml");
@@ -197,13 +232,19 @@ async fn a_config_map_data_swap_is_applied() {
     let orders = FakeBackend::start("orders").await;
     let first = "..2026_01_01_00_00_00.000000001";
     let second = "..2026_01_01_00_05_00.000000002";
-    let routes =
-        RoutesDir::config_map(first, &[("routes.yaml", &orders_to(&monolith, &orders, "monolith"))]);
+    let routes = RoutesDir::config_map(
+        first,
+        &[("routes.yaml", &orders_to(&monolith, &orders, "monolith"))],
+    );
     let proxy = ReloadingProxy::start(&routes).await;
     assert_eq!(proxy.get("/api/orders/7").await.text(), "monolith");
     let old = proxy.version().await;
 
-    routes.swap_config_map(first, second, &[("routes.yaml", &orders_to(&monolith, &orders, "orders"))]);
+    routes.swap_config_map(
+        first,
+        second,
+        &[("routes.yaml", &orders_to(&monolith, &orders, "orders"))],
+    );
 
     proxy.until_served("/api/orders/7", "orders").await;
     assert_ne!(proxy.version().await, old);
@@ -246,7 +287,10 @@ const SPLIT_AFTER: &str = r#"routes:
 "#;
 
 async fn unwatched_split_proxy() -> (RoutesDir, ReloadingProxy) {
-    let routes = RoutesDir::new(&[("backends.yaml", SPLIT_BACKENDS), ("routes.yaml", SPLIT_BEFORE)]);
+    let routes = RoutesDir::new(&[
+        ("backends.yaml", SPLIT_BACKENDS),
+        ("routes.yaml", SPLIT_BEFORE),
+    ]);
     let proxy = ReloadingProxy::start_with(&routes, false).await;
     (routes, proxy)
 }
@@ -268,14 +312,31 @@ async fn admin_reload_answers_applied_with_the_changes() {
     assert_ne!(version, old);
     assert_eq!(outcome["version"], version.as_str());
     let changes = &outcome["changes"];
-    assert_eq!(changes["added"], serde_json::json!(["catalog"]), "{outcome:#}");
-    assert_eq!(changes["removed"], serde_json::json!(["legacy-search"]), "{outcome:#}");
-    assert_eq!(changes["changed"], serde_json::json!(["checkout"]), "{outcome:#}");
+    assert_eq!(
+        changes["added"],
+        serde_json::json!(["catalog"]),
+        "{outcome:#}"
+    );
+    assert_eq!(
+        changes["removed"],
+        serde_json::json!(["legacy-search"]),
+        "{outcome:#}"
+    );
+    assert_eq!(
+        changes["changed"],
+        serde_json::json!(["checkout"]),
+        "{outcome:#}"
+    );
     let traffic = changes["traffic"].as_array().expect("traffic lines");
     assert_eq!(traffic.len(), 1, "{outcome:#}");
     let line = traffic[0].as_str().expect("a traffic line");
     assert!(line.starts_with("checkout: "), "{line}");
-    for share in ["checkout-svc 5%", "checkout-svc 25%", "monolith 95%", "monolith 75%"] {
+    for share in [
+        "checkout-svc 5%",
+        "checkout-svc 25%",
+        "monolith 95%",
+        "monolith 75%",
+    ] {
         assert!(line.contains(share), "{line} lacks {share}");
     }
 }
@@ -291,7 +352,10 @@ async fn admin_reload_answers_unchanged_when_nothing_changed() {
     let reply = proxy.post_reload().await;
 
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    assert_eq!(reply.json(), serde_json::json!({"result": "unchanged", "version": version}));
+    assert_eq!(
+        reply.json(),
+        serde_json::json!({"result": "unchanged", "version": version})
+    );
     assert_eq!(proxy.metric(SUCCESSES).await, successes);
     assert_eq!(proxy.metric(FAILURES).await, 0.0);
 }
@@ -310,7 +374,12 @@ async fn admin_reload_answers_422_failed_with_the_errors() {
     routes.write("routes.yaml", &broken);
     let reply = proxy.post_reload().await;
 
-    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", reply.text());
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.text()
+    );
     let outcome = reply.json();
     assert_eq!(outcome["result"], "failed", "{outcome:#}");
     assert_eq!(outcome["version"], version.as_str());
@@ -322,7 +391,10 @@ async fn admin_reload_answers_422_failed_with_the_errors() {
         .collect();
     let file = routes.file("routes.yaml");
     assert_eq!(errors.len(), 2, "{errors:?}");
-    assert!(errors[0].starts_with(&format!("{file}:4:14: ")), "{errors:?}");
+    assert!(
+        errors[0].starts_with(&format!("{file}:4:14: ")),
+        "{errors:?}"
+    );
     assert!(errors[0].contains("unknown backend `ordrs`"), "{errors:?}");
     assert!(errors[1].starts_with(&format!("{file}:10:")), "{errors:?}");
     assert!(errors[1].contains("`checkout-sv`"), "{errors:?}");
@@ -373,8 +445,11 @@ async fn sighup_reloads_the_running_binary() {
     let release = |name: &str, target: &str| {
         let dir = root.path().join("releases").join(name);
         std::fs::create_dir_all(&dir).expect("create a release directory");
-        std::fs::write(dir.join("routes.yaml"), orders_to(&monolith, &orders, target))
-            .expect("write routes.yaml");
+        std::fs::write(
+            dir.join("routes.yaml"),
+            orders_to(&monolith, &orders, target),
+        )
+        .expect("write routes.yaml");
     };
     release("1", "monolith");
     let routes = root.path().join("routes");
@@ -385,7 +460,12 @@ async fn sighup_reloads_the_running_binary() {
     let mut child = tokio::process::Command::new(BIN)
         .args(["run", "--routes", routes.to_str().expect("UTF-8 path")])
         .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        .args(["--state-dir", state.to_str().expect("UTF-8 path"), "--log-format", "json"])
+        .args([
+            "--state-dir",
+            state.to_str().expect("UTF-8 path"),
+            "--log-format",
+            "json",
+        ])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -403,9 +483,21 @@ async fn sighup_reloads_the_running_binary() {
             }
         }
     });
-    let serving = next_event(&mut logs, "strangler is serving", |e| e["message"] == "strangler is serving").await;
-    let address = |field: &str| serving[field].as_str().expect("an address").parse().expect("a socket address");
-    let (proxy, admin) = (HttpClient::http1(address("listen")), HttpClient::http1(address("admin")));
+    let serving = next_event(&mut logs, "strangler is serving", |e| {
+        e["message"] == "strangler is serving"
+    })
+    .await;
+    let address = |field: &str| {
+        serving[field]
+            .as_str()
+            .expect("an address")
+            .parse()
+            .expect("a socket address")
+    };
+    let (proxy, admin) = (
+        HttpClient::http1(address("listen")),
+        HttpClient::http1(address("admin")),
+    );
     let old = serving["version"].as_str().expect("a version").to_string();
     assert_eq!(proxy.get("/api/orders/7").await.text(), "monolith");
 
@@ -415,11 +507,18 @@ async fn sighup_reloads_the_running_binary() {
     std::fs::rename(&link, &routes).expect("switch routes/ to the next release");
     signal(pid, "HUP");
 
-    let reloaded =
-        next_event(&mut logs, "a reload", |e| e["message"].as_str().is_some_and(|m| m.starts_with("routes reloaded"))).await;
+    let reloaded = next_event(&mut logs, "a reload", |e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("routes reloaded"))
+    })
+    .await;
     assert_eq!(reloaded["trigger"], "SIGHUP", "{reloaded}");
     assert_eq!(reloaded["from"], old.as_str(), "{reloaded}");
-    assert_eq!(reloaded["message"], "routes reloaded: 0 added, 0 removed, 1 changed; changed: orders");
+    assert_eq!(
+        reloaded["message"],
+        "routes reloaded: 0 added, 0 removed, 1 changed; changed: orders"
+    );
     let version = admin.get("/api/routes").await.json()["version"].clone();
     assert_eq!(reloaded["to"], version, "{reloaded}");
     assert_eq!(proxy.get("/api/orders/7").await.text(), "orders");
@@ -454,37 +553,63 @@ async fn a_reload_keeps_the_pool_of_an_unchanged_backend() {
     let proxy = ReloadingProxy::start(&routes).await;
     assert_eq!(proxy.get("/api/orders/7").await.text(), "orders");
 
-    let (stop, served, failures) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)), Failures::default());
+    let (stop, served, failures) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+        Failures::default(),
+    );
     let client = proxy.new_client();
     let requests = tokio::spawn({
         let (stop, served, failures) = (stop.clone(), served.clone(), failures.clone());
         async move {
             while !stop.load(Ordering::SeqCst) {
-                match client.try_send(client.request(Method::GET, "/home").body(empty()).expect("request")).await {
+                match client
+                    .try_send(
+                        client
+                            .request(Method::GET, "/home")
+                            .body(empty())
+                            .expect("request"),
+                    )
+                    .await
+                {
                     Ok(reply) if reply.status == StatusCode::OK && reply.body == "monolith" => {
                         served.fetch_add(1, Ordering::SeqCst);
                     }
-                    Ok(reply) => failures.lock().expect("lock").push(format!("{}: {:?}", reply.status, reply.body)),
+                    Ok(reply) => failures
+                        .lock()
+                        .expect("lock")
+                        .push(format!("{}: {:?}", reply.status, reply.body)),
                     Err(err) => failures.lock().expect("lock").push(err.to_string()),
                 }
             }
         }
     });
-    eventually("requests reach the monolith", || async { served.load(Ordering::SeqCst) > 0 }).await;
+    eventually("requests reach the monolith", || async {
+        served.load(Ordering::SeqCst) > 0
+    })
+    .await;
     let connections = monolith.connections();
     let old = proxy.version().await;
 
-    let catalog = "  - name: catalog\n    match: { prefix: \"/api/catalog\" }\n    backend: monolith\n";
+    let catalog =
+        "  - name: catalog\n    match: { prefix: \"/api/catalog\" }\n    backend: monolith\n";
     routes.save_by_rename("routes.yaml", &table("3s", catalog));
     proxy.next_version(&old).await;
     let at_reload = served.load(Ordering::SeqCst);
-    eventually("requests go on after the reload", || async { served.load(Ordering::SeqCst) > at_reload + 10 }).await;
+    eventually("requests go on after the reload", || async {
+        served.load(Ordering::SeqCst) > at_reload + 10
+    })
+    .await;
     stop.store(true, Ordering::SeqCst);
     requests.await.expect("the request loop does not panic");
 
     assert_eq!(*failures.lock().expect("lock"), Vec::<String>::new());
     assert_eq!(connections, 1, "sequential requests share one connection");
-    assert_eq!(monolith.connections(), connections, "the unchanged monolith saw a new connection");
+    assert_eq!(
+        monolith.connections(),
+        connections,
+        "the unchanged monolith saw a new connection"
+    );
     assert_eq!(proxy.get("/api/orders/7").await.text(), "orders");
     assert_eq!(orders.connections(), 2, "the changed backend's pool is new");
 }
@@ -499,7 +624,10 @@ fn probe_table(n: usize, b1: &FakeBackend, b2: &FakeBackend) -> String {
     if n == 2 {
         backends.push(("a-spare", b2.url()));
     }
-    let backends: Vec<(&str, &str)> = backends.iter().map(|(name, url)| (*name, url.as_str())).collect();
+    let backends: Vec<(&str, &str)> = backends
+        .iter()
+        .map(|(name, url)| (*name, url.as_str()))
+        .collect();
     routes_file(
         &backends,
         &format!(
@@ -518,7 +646,11 @@ async fn reloads_under_load_fail_no_request_and_never_mix_tables() {
     const RELOADS: usize = 50;
     let b1 = FakeBackend::start("b1").await;
     let b2 = FakeBackend::start("b2").await;
-    let tables = [String::new(), probe_table(1, &b1, &b2), probe_table(2, &b1, &b2)];
+    let tables = [
+        String::new(),
+        probe_table(1, &b1, &b2),
+        probe_table(2, &b1, &b2),
+    ];
     let routes = RoutesDir::new(&[("routes.yaml", &tables[1])]);
     let proxy = ReloadingProxy::start(&routes).await;
 
@@ -532,21 +664,29 @@ async fn reloads_under_load_fail_no_request_and_never_mix_tables() {
         let (stop, served, failures) = (stop.clone(), served.clone(), failures.clone());
         clients.push(tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
-                let request = client.request(Method::GET, "/probe").body(empty()).expect("request");
+                let request = client
+                    .request(Method::GET, "/probe")
+                    .body(empty())
+                    .expect("request");
                 let failure = match client.try_send(request).await {
-                    Ok(reply) if reply.status == StatusCode::OK => match (reply.header("x-table"), &reply.body[..]) {
-                        (Some("v1"), b"b1") => {
-                            served[1].fetch_add(1, Ordering::SeqCst);
-                            continue;
+                    Ok(reply) if reply.status == StatusCode::OK => {
+                        match (reply.header("x-table"), &reply.body[..]) {
+                            (Some("v1"), b"b1") => {
+                                served[1].fetch_add(1, Ordering::SeqCst);
+                                continue;
+                            }
+                            (Some("v2"), b"b2") => {
+                                served[2].fetch_add(1, Ordering::SeqCst);
+                                continue;
+                            }
+                            (header, body) => {
+                                format!(
+                                    "mixed answer: x-table {header:?}, body {:?}",
+                                    String::from_utf8_lossy(body)
+                                )
+                            }
                         }
-                        (Some("v2"), b"b2") => {
-                            served[2].fetch_add(1, Ordering::SeqCst);
-                            continue;
-                        }
-                        (header, body) => {
-                            format!("mixed answer: x-table {header:?}, body {:?}", String::from_utf8_lossy(body))
-                        }
-                    },
+                    }
                     Ok(reply) => format!("{}: {:?}", reply.status, reply.body),
                     Err(err) => format!("request failed: {err}"),
                 };
@@ -561,10 +701,18 @@ async fn reloads_under_load_fail_no_request_and_never_mix_tables() {
         let before = served[n].load(Ordering::SeqCst);
         routes.save_by_rename("routes.yaml", &tables[n]);
         let reply = proxy.post_reload().await;
-        assert_eq!(reply.status, StatusCode::OK, "reload {reload}: {}", reply.text());
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "reload {reload}: {}",
+            reply.text()
+        );
         // The watcher may have applied the edit first: then `unchanged`.
         let outcome = reply.json();
-        assert!(matches!(outcome["result"].as_str(), Some("applied" | "unchanged")), "{outcome:#}");
+        assert!(
+            matches!(outcome["result"].as_str(), Some("applied" | "unchanged")),
+            "{outcome:#}"
+        );
         let version = outcome["version"].as_str().expect("a version");
         if versions[n].is_empty() {
             versions[n] = version.to_string();
@@ -572,9 +720,10 @@ async fn reloads_under_load_fail_no_request_and_never_mix_tables() {
         assert_eq!(version, versions[n], "reload {reload} to table v{n}");
         // Each table serves before the next swap, so every reload happens
         // while requests are under way.
-        eventually(&format!("table v{n} serves after reload {reload}"), || async {
-            served[n].load(Ordering::SeqCst) > before
-        })
+        eventually(
+            &format!("table v{n} serves after reload {reload}"),
+            || async { served[n].load(Ordering::SeqCst) > before },
+        )
         .await;
     }
     stop.store(true, Ordering::SeqCst);

@@ -30,7 +30,9 @@ fn split_routes(new_share: u32, monolith: &FakeBackend, new: &FakeBackend) -> St
 async fn assignments(proxy: &TestProxy, users: std::ops::Range<u32>) -> HashMap<u32, String> {
     let mut sides = HashMap::new();
     for user in users {
-        let reply = proxy.get_with("/api/checkout/cart", &[("x-user-id", &user.to_string())]).await;
+        let reply = proxy
+            .get_with("/api/checkout/cart", &[("x-user-id", &user.to_string())])
+            .await;
         assert_eq!(reply.status, StatusCode::OK);
         sides.insert(user, reply.text().to_string());
     }
@@ -38,7 +40,11 @@ async fn assignments(proxy: &TestProxy, users: std::ops::Range<u32>) -> HashMap<
 }
 
 async fn metric(admin: SocketAddr, prefix: &str) -> f64 {
-    let text = HttpClient::http1(admin).get("/metrics").await.text().to_string();
+    let text = HttpClient::http1(admin)
+        .get("/metrics")
+        .await
+        .text()
+        .to_string();
     text.lines()
         .filter(|line| line.starts_with(prefix))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
@@ -49,12 +55,18 @@ async fn metric(admin: SocketAddr, prefix: &str) -> f64 {
 /// each user always on the same side.
 #[tokio::test]
 async fn sticky_split_honours_weights_and_keeps_each_user_on_one_side() {
-    let (monolith, new) = (FakeBackend::start("old").await, FakeBackend::start("new").await);
+    let (monolith, new) = (
+        FakeBackend::start("old").await,
+        FakeBackend::start("new").await,
+    );
     let proxy = TestProxy::start(&split_routes(30, &monolith, &new)).await;
     let sides = assignments(&proxy, 0..3_000).await;
     let on_new = sides.values().filter(|s| *s == "new").count();
     let share = on_new as f64 / 3_000.0;
-    assert!((0.26..=0.34).contains(&share), "share on the new service: {share}");
+    assert!(
+        (0.26..=0.34).contains(&share),
+        "share on the new service: {share}"
+    );
     let again = assignments(&proxy, 0..300).await;
     for (user, side) in again {
         assert_eq!(sides[&user], side, "user {user} changed sides");
@@ -65,18 +77,41 @@ async fn sticky_split_honours_weights_and_keeps_each_user_on_one_side() {
 /// towards it: nobody who was on the new service goes back.
 #[tokio::test]
 async fn raising_the_weight_never_moves_a_user_back() {
-    let (monolith, new) = (FakeBackend::start("old").await, FakeBackend::start("new").await);
+    let (monolith, new) = (
+        FakeBackend::start("old").await,
+        FakeBackend::start("new").await,
+    );
     let proxy = TestProxy::start(&split_routes(30, &monolith, &new)).await;
     let before = assignments(&proxy, 0..2_000).await;
-    std::fs::write(proxy.routes_dir.join("routes.yaml"), split_routes(60, &monolith, &new)).expect("rewrite routes");
+    std::fs::write(
+        proxy.routes_dir.join("routes.yaml"),
+        split_routes(60, &monolith, &new),
+    )
+    .expect("rewrite routes");
     let admin = HttpClient::http1(proxy.admin_addr);
-    let reload = admin.send(admin.request(Method::POST, "/api/reload").body(support::empty()).expect("request")).await;
+    let reload = admin
+        .send(
+            admin
+                .request(Method::POST, "/api/reload")
+                .body(support::empty())
+                .expect("request"),
+        )
+        .await;
     assert_eq!(reload.status, StatusCode::OK, "{}", reload.text());
     let after = assignments(&proxy, 0..2_000).await;
-    let moved_back = before.iter().filter(|(u, s)| *s == "new" && after[u] == "old").count();
-    let moved_forward = before.iter().filter(|(u, s)| *s == "old" && after[u] == "new").count();
+    let moved_back = before
+        .iter()
+        .filter(|(u, s)| *s == "new" && after[u] == "old")
+        .count();
+    let moved_forward = before
+        .iter()
+        .filter(|(u, s)| *s == "old" && after[u] == "new")
+        .count();
     assert_eq!(moved_back, 0);
-    assert!(moved_forward > 300, "about 30% of users should move: {moved_forward}");
+    assert!(
+        moved_forward > 300,
+        "about 30% of users should move: {moved_forward}"
+    );
 }
 
 /// A POST with a body whose connection to the new service is refused is
@@ -92,7 +127,10 @@ async fn post_with_body_to_a_refusing_service_reaches_the_fallback_whole() {
     ))
     .await;
     let client = proxy.client();
-    let request = client.request(Method::POST, "/api/orders").body(full(vec![7u8; 50_000])).expect("request");
+    let request = client
+        .request(Method::POST, "/api/orders")
+        .body(full(vec![7u8; 50_000]))
+        .expect("request");
     let reply = client.send(request).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(monolith.uploaded(), 50_000);
@@ -106,30 +144,45 @@ struct Switchable {
 }
 
 async fn switchable() -> Switchable {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
     let addr = listener.local_addr().expect("address");
-    let (is_failing, hits) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicUsize::new(0)));
+    let (is_failing, hits) = (
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(AtomicUsize::new(0)),
+    );
     let (failing, counter) = (is_failing.clone(), hits.clone());
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let (failing, counter) = (failing.clone(), counter.clone());
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    let status = if failing.load(Ordering::SeqCst) { 503 } else { 200 };
-                    async move {
-                        let mut response = Response::new(Full::new(Bytes::from_static(b"svc")));
-                        *response.status_mut() = StatusCode::from_u16(status).expect("valid status");
-                        Ok::<_, Infallible>(response)
-                    }
-                });
+                let service =
+                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let status = if failing.load(Ordering::SeqCst) {
+                            503
+                        } else {
+                            200
+                        };
+                        async move {
+                            let mut response = Response::new(Full::new(Bytes::from_static(b"svc")));
+                            *response.status_mut() =
+                                StatusCode::from_u16(status).expect("valid status");
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });
         }
     });
-    Switchable { addr, is_failing, hits }
+    Switchable {
+        addr,
+        is_failing,
+        hits,
+    }
 }
 
 /// After consecutive failures the circuit opens: the failing service gets
@@ -149,7 +202,10 @@ async fn circuit_opens_on_failures_and_closes_after_a_successful_probe() {
     for _ in 0..3 {
         assert_eq!(proxy.get("/svc").await.text(), "monolith", "503s fall back");
     }
-    assert_eq!(metric(proxy.admin_addr, "strangler_circuit_state{backend=\"svc\"}").await, 2.0);
+    assert_eq!(
+        metric(proxy.admin_addr, "strangler_circuit_state{backend=\"svc\"}").await,
+        2.0
+    );
     let hits_when_open = svc.hits.load(Ordering::SeqCst);
     // open_for is zero, so the next request is the half-open probe; it
     // fails and the circuit opens again: one hit per request at most.
@@ -157,7 +213,10 @@ async fn circuit_opens_on_failures_and_closes_after_a_successful_probe() {
     assert!(svc.hits.load(Ordering::SeqCst) <= hits_when_open + 1);
     svc.is_failing.store(false, Ordering::SeqCst);
     assert_eq!(proxy.get("/svc").await.text(), "svc", "the probe succeeds");
-    assert_eq!(metric(proxy.admin_addr, "strangler_circuit_state{backend=\"svc\"}").await, 0.0);
+    assert_eq!(
+        metric(proxy.admin_addr, "strangler_circuit_state{backend=\"svc\"}").await,
+        0.0
+    );
     assert_eq!(proxy.get("/svc").await.text(), "svc");
 }
 

@@ -6,6 +6,7 @@
     helpers.py h2-latency LOGFILE               percentiles from an h2load --log-file
     helpers.py oha-json FILE                    a RESULT line from oha's JSON output
     helpers.py report RAW.tsv RSS.tsv META.json RESULTS.md   print the markdown and append it to RESULTS.md
+    helpers.py callgrind-top CALLGRIND.OUT [N]  self and inclusive cost per function (profile.sh)
 
 Every server and client here talks to loopback only and stops by itself
 (the server when run.sh kills it, the idle client after HOLD_S seconds).
@@ -375,6 +376,81 @@ def append_results(path, text):
         f.write(content)
 
 
+# --------------------------------------------------------------------------
+# callgrind summary (callgrind_annotate here charges nearly everything to
+# `clone` for a multi-threaded tokio program; this reads the raw file)
+
+
+def callgrind_top(path, n=30):
+    import collections
+    import re
+    names = {"fn": {}, "fl": {}}
+
+    def resolve(kind, val):
+        m = re.match(r"\((\d+)\)\s*(.*)", val)
+        if not m:
+            return val
+        i, name = m.groups()
+        if name:
+            names[kind][i] = name
+        return names[kind].get(i, "?")
+
+    own = collections.Counter()
+    edges = collections.Counter()
+    where = {}
+    fn = fl = cfn = None
+    in_call = False
+    with open(path) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line or line[0] == "#":
+                continue
+            if line.startswith(("fl=", "fi=", "fe=")):
+                value = resolve("fl", line[3:])
+                if line.startswith("fl="):
+                    fl = value
+                continue
+            if line.startswith("fn="):
+                fn = resolve("fn", line[3:])
+                where.setdefault(fn, fl)
+                continue
+            if line.startswith("cfn="):
+                cfn = resolve("fn", line[4:])
+                continue
+            if line.startswith(("cfi=", "cfl=")):
+                resolve("fl", line[4:])
+                continue
+            if line.startswith("calls="):
+                in_call = True
+                continue
+            if line[0] in "0123456789+-*":
+                parts = line.split()
+                if len(parts) >= 2:
+                    cost = int(parts[1])
+                    if in_call:
+                        if cfn != fn:
+                            edges[(fn, cfn)] += cost
+                    else:
+                        own[fn] += cost
+                in_call = False
+    total = sum(own.values()) or 1
+    inclusive = collections.Counter(own)
+    for (caller, _), cost in edges.items():
+        inclusive[caller] += cost
+    print(f"total instructions: {total:,}")
+    print(f"\n== self cost, top {n}")
+    for name, cost in own.most_common(n):
+        print(f"{cost / total * 100:6.2f}%  {name}  [{where.get(name)}]")
+    print(f"\n== inclusive cost of strangler's own functions, top {n}")
+    shown = 0
+    for name, cost in inclusive.most_common():
+        if "strangler::" in name and not name.startswith("core::ptr::drop_in_place"):
+            print(f"{cost / total * 100:6.2f}%  (self {own[name] / total * 100:5.2f}%)  {name}  [{where.get(name)}]")
+            shown += 1
+            if shown == n:
+                break
+
+
 def main(argv):
     if len(argv) < 2:
         sys.exit(__doc__)
@@ -389,6 +465,8 @@ def main(argv):
         oha_json(args[0])
     elif cmd == "report":
         report(*args[:4])
+    elif cmd == "callgrind-top":
+        callgrind_top(args[0], int(args[1]) if len(args) > 1 else 30)
     else:
         sys.exit(__doc__)
 

@@ -6,7 +6,7 @@
 #
 # callgrind (default; needs valgrind): a bounded count of requests, user-space
 #   instructions per function, exact but blind to time spent in the kernel.
-# perf: `perf record -e cpu-clock --call-graph dwarf` for a bounded time; a
+# perf: `perf record -e cpu-clock` (flat, per symbol) for a bounded time; a
 #   software clock, so it works where hardware counters are not exposed
 #   (VMs), and it includes the kernel.
 # Writes the raw profile and a summary to --out (default /tmp/strangler-profile).
@@ -87,13 +87,14 @@ case "$MODE" in
     wait_up
     # Warm the pool, then count only the measured requests.
     h2load --h1 -n 500 -c 10 -t 1 "$URL" >/dev/null
-    callgrind_control -z "$SPID" >/dev/null
+    callgrind_control -z "$SPID" >/dev/null 2>&1
     timeout 600 h2load --h1 -n "$REQUESTS" -c 10 -t 1 "$URL" | grep -E '^(finished|requests|status codes)' || true
     kill -TERM "$SPID"; wait "$SPID" || true
-    callgrind_annotate --inclusive=no "$OUT/callgrind.out" 2>/dev/null | head -60 >"$OUT/self.txt"
-    callgrind_annotate --inclusive=yes "$OUT/callgrind.out" 2>/dev/null | head -80 >"$OUT/inclusive.txt"
-    echo "requests: $REQUESTS (+500 warm-up, not counted)" | tee "$OUT/summary.txt"
-    head -40 "$OUT/self.txt"
+    # callgrind_annotate charges nearly all of a tokio program to `clone`;
+    # helpers.py reads the raw file instead.
+    python3 "$HERE/helpers.py" callgrind-top "$OUT/callgrind.out" 30 >"$OUT/summary.txt"
+    echo "requests: $REQUESTS (+500 warm-up, not counted)" >>"$OUT/summary.txt"
+    cat "$OUT/summary.txt"
     ;;
   perf)
     RUST_LOG=warn "$BIN" "${ARGS[@]}" >"$OUT/strangler.out" 2>&1 &
@@ -103,11 +104,13 @@ case "$MODE" in
     wrk -t1 -c50 -d"$((SECONDS_PERF + 2))s" "$URL" >"$OUT/wrk.txt" &
     WPID=$!; PIDS+=($WPID)
     sleep 1
-    perf record -e cpu-clock -F 999 --call-graph dwarf,16384 -p "$SPID" -o "$OUT/perf.data" -- sleep "$SECONDS_PERF" 2>"$OUT/perf-record.err"
+    perf record -e cpu-clock -F 999 -p "$SPID" -o "$OUT/perf.data" -- sleep "$SECONDS_PERF" 2>"$OUT/perf-record.err"
     wait "$WPID" || true
-    perf report -i "$OUT/perf.data" --no-children --sort symbol --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -40 >"$OUT/self.txt"
-    perf report -i "$OUT/perf.data" --no-children --sort dso --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -10 >"$OUT/dso.txt"
-    cat "$OUT/dso.txt"; echo; cat "$OUT/self.txt"
+    perf report -i "$OUT/perf.data" --no-children --sort symbol --stdio 2>/dev/null >"$OUT/report.txt" || true
+    perf report -i "$OUT/perf.data" --no-children --sort dso --stdio 2>/dev/null >"$OUT/dso.txt" || true
+    grep -E '^ +[0-9]' "$OUT/dso.txt" | sed 's/ *$//' || true
+    echo
+    grep -E '^ +[0-9]' "$OUT/report.txt" | sed 's/ *- *- *$//' | sed -n '1,40p' || true
     ;;
 esac
 echo "profile in $OUT"

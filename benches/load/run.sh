@@ -72,6 +72,15 @@ done
 log() { printf '[load %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+ALL_SCENARIOS="get 64k close upload routes1k h2 logs shadow rate-get rate-shadow"
+SCENARIOS=$ALL_SCENARIOS
+if [ -n "$ONLY" ]; then
+  SCENARIOS=${ONLY//,/ }
+  for s in $SCENARIOS; do
+    case " $ALL_SCENARIOS " in *" $s "*) ;; *) die "unknown scenario $s (known: $ALL_SCENARIOS)" ;; esac
+  done
+fi
+
 for tool in wrk nginx haproxy python3 curl; do
   command -v "$tool" >/dev/null || die "$tool is missing (Debian: apt-get install nginx haproxy wrk python3 curl)"
 done
@@ -465,10 +474,10 @@ targets_of() {
       echo "nginx nginx wrk http://$u:$N_MAIN/static/64k.bin $w"
       echo "haproxy haproxy wrk http://$u:$H_MAIN/static/64k.bin $w" ;;
     close)
-      echo "direct direct wrk http://$u:$UP/ $w -H Connection:close"
-      echo "strangler strangler wrk http://$u:$S_MAIN/ $w -H Connection:close"
-      echo "nginx nginx wrk http://$u:$N_MAIN/ $w -H Connection:close"
-      echo "haproxy haproxy wrk http://$u:$H_MAIN/ $w -H Connection:close" ;;
+      echo "direct direct wrk http://$u:$UP/ $w -s $HERE/close.lua"
+      echo "strangler strangler wrk http://$u:$S_MAIN/ $w -s $HERE/close.lua"
+      echo "nginx nginx wrk http://$u:$N_MAIN/ $w -s $HERE/close.lua"
+      echo "haproxy haproxy wrk http://$u:$H_MAIN/ $w -s $HERE/close.lua" ;;
     upload)
       local up="-c$UPLOAD_CONNS -s $HERE/upload.lua"
       echo "direct direct wrk http://$u:$UP/upload $up"
@@ -507,8 +516,6 @@ targets_of() {
   esac
 }
 
-SCENARIOS="get 64k close upload routes1k h2 logs shadow rate-get rate-shadow"
-if [ -n "$ONLY" ]; then SCENARIOS=${ONLY//,/ }; fi
 
 runs=0
 for s in $SCENARIOS; do runs=$((runs + $(targets_of "$s" | wc -l))); done

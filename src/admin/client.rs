@@ -26,7 +26,11 @@ pub enum AdminClientError {
 
 /// Calls `METHOD base+path`, with the bearer token from
 /// `STRANGLER_ADMIN_TOKEN` when set, and parses the JSON answer.
-pub async fn call(base: &str, method: Method, path: &str) -> Result<serde_json::Value, AdminClientError> {
+pub async fn call(
+    base: &str,
+    method: Method,
+    path: &str,
+) -> Result<serde_json::Value, AdminClientError> {
     let url = format!("{}{}", base.trim_end_matches('/'), path);
     let mut request = Request::builder().method(method).uri(&url);
     if let Ok(token) = std::env::var("STRANGLER_ADMIN_TOKEN") {
@@ -34,23 +38,40 @@ pub async fn call(base: &str, method: Method, path: &str) -> Result<serde_json::
             request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }
     }
-    let request = request.body(Full::new(Bytes::new())).map_err(|_| AdminClientError::Url(url.clone()))?;
+    let request = request
+        .body(Full::new(Bytes::new()))
+        .map_err(|_| AdminClientError::Url(url.clone()))?;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let response = client
-        .request(request)
-        .await
-        .map_err(|source| AdminClientError::Unreachable { url: url.clone(), source })?;
+    let response =
+        client
+            .request(request)
+            .await
+            .map_err(|source| AdminClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
     let status = response.status();
-    let body = response.into_body().collect().await.map_err(AdminClientError::Read)?.to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(AdminClientError::Read)?
+        .to_bytes();
     if !status.is_success() {
-        return Err(AdminClientError::Refused { status, body: String::from_utf8_lossy(&body).into_owned() });
+        return Err(AdminClientError::Refused {
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
     }
     serde_json::from_slice(&body).map_err(AdminClientError::NotJson)
 }
 
 /// The migrations as a readable table.
 pub fn migrations_table(views: &serde_json::Value) -> String {
-    let mut out = format!("{:<20} {:<12} {:<9} {:>7}  {:<28} {}\n", "ROUTE", "STATUS", "STAGE", "WEIGHT", "FROM -> TO", "LAST VERDICT");
+    let mut out = format!(
+        "{:<20} {:<12} {:<9} {:>7}  {:<28} {}\n",
+        "ROUTE", "STATUS", "STAGE", "WEIGHT", "FROM -> TO", "LAST VERDICT"
+    );
     let list = views.as_array().map(Vec::as_slice).unwrap_or(&[]);
     let one = [views.clone()];
     let list = if views.is_object() { &one[..] } else { list };
@@ -63,11 +84,21 @@ pub fn migrations_table(views: &serde_json::Value) -> String {
                 checks
                     .iter()
                     .filter(|c| c["outcome"] != "pass")
-                    .map(|c| format!("{}={}", c["name"].as_str().unwrap_or("?"), c["outcome"].as_str().unwrap_or("?")))
+                    .map(|c| {
+                        format!(
+                            "{}={}",
+                            c["name"].as_str().unwrap_or("?"),
+                            c["outcome"].as_str().unwrap_or("?")
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
-        let detail = if failing.is_empty() { String::new() } else { format!(" ({})", failing.join(", ")) };
+        let detail = if failing.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", failing.join(", "))
+        };
         out.push_str(&format!(
             "{:<20} {:<12} {:<9} {:>6.2}%  {:<28} {verdict}{detail}\n",
             text("route"),

@@ -15,8 +15,8 @@ use hyper::body::Incoming;
 use crate::body::{full, ProxyBody};
 use crate::gate::{MigrationError, Migrations};
 use crate::metrics::Metrics;
-use crate::shadow::Mirror;
 use crate::reload::{ReloadOutcome, Reloader};
+use crate::shadow::Mirror;
 
 #[derive(Clone)]
 pub struct AdminService {
@@ -28,19 +28,40 @@ pub struct AdminService {
 }
 
 impl AdminService {
-    pub fn new(metrics: Metrics, reloader: Arc<Reloader>, migrations: Arc<Migrations>, mirror: Mirror) -> Self {
-        let token = std::env::var("STRANGLER_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()).map(Into::into);
-        AdminService { metrics, reloader, migrations, mirror, token }
+    pub fn new(
+        metrics: Metrics,
+        reloader: Arc<Reloader>,
+        migrations: Arc<Migrations>,
+        mirror: Mirror,
+    ) -> Self {
+        let token = std::env::var("STRANGLER_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .map(Into::into);
+        AdminService {
+            metrics,
+            reloader,
+            migrations,
+            mirror,
+            token,
+        }
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let path = req.uri().path();
         let is_mutation = req.method() == Method::POST;
         if is_mutation && !self.is_authorized(&req) {
-            return json(StatusCode::UNAUTHORIZED, &serde_json::json!({"error": "unauthorized"}));
+            return json(
+                StatusCode::UNAUTHORIZED,
+                &serde_json::json!({"error": "unauthorized"}),
+            );
         }
         match (req.method(), path) {
-            (&Method::GET, "/metrics") => text(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.encode()),
+            (&Method::GET, "/metrics") => text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                self.metrics.encode(),
+            ),
             (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
             // A snapshot is always loaded once the listener is up: start
             // refuses an invalid routes directory, and a failed reload keeps
@@ -48,27 +69,45 @@ impl AdminService {
             (&Method::GET, "/readyz") => text(StatusCode::OK, "text/plain", "ready\n".into()),
             (&Method::GET, "/api/routes") => {
                 let snapshot = self.reloader.table().load_full();
-                json(StatusCode::OK, &routes_json::describe(&snapshot, &self.reloader.status()))
+                json(
+                    StatusCode::OK,
+                    &routes_json::describe(&snapshot, &self.reloader.status()),
+                )
             }
             (&Method::POST, "/api/reload") => {
                 let reloader = self.reloader.clone();
-                let outcome = tokio::task::spawn_blocking(move || reloader.reload("admin API")).await;
+                let outcome =
+                    tokio::task::spawn_blocking(move || reloader.reload("admin API")).await;
                 match outcome {
-                    Ok(outcome @ ReloadOutcome::Failed { .. }) => json(StatusCode::UNPROCESSABLE_ENTITY, &outcome),
+                    Ok(outcome @ ReloadOutcome::Failed { .. }) => {
+                        json(StatusCode::UNPROCESSABLE_ENTITY, &outcome)
+                    }
                     Ok(outcome) => json(StatusCode::OK, &outcome),
-                    Err(_) => json(StatusCode::INTERNAL_SERVER_ERROR, &serde_json::json!({"error": "reload task failed"})),
+                    Err(_) => json(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &serde_json::json!({"error": "reload task failed"}),
+                    ),
                 }
             }
             (&Method::GET, "/api/migrations") => json(StatusCode::OK, &self.migrations.views()),
             (&Method::POST, path) if path.starts_with("/api/migrations/") => {
                 let rest = &path["/api/migrations/".len()..];
                 let Some((route, action)) = rest.rsplit_once('/') else {
-                    return json(StatusCode::NOT_FOUND, &serde_json::json!({"error": "not_found", "path": path}));
+                    return json(
+                        StatusCode::NOT_FOUND,
+                        &serde_json::json!({"error": "not_found", "path": path}),
+                    );
                 };
                 match self.migrations.command(route, action) {
                     Ok(view) => json(StatusCode::OK, &view),
-                    Err(err @ MigrationError::UnknownRoute(_)) => json(StatusCode::NOT_FOUND, &serde_json::json!({"error": err.to_string()})),
-                    Err(err) => json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": err.to_string()})),
+                    Err(err @ MigrationError::UnknownRoute(_)) => json(
+                        StatusCode::NOT_FOUND,
+                        &serde_json::json!({"error": err.to_string()}),
+                    ),
+                    Err(err) => json(
+                        StatusCode::BAD_REQUEST,
+                        &serde_json::json!({"error": err.to_string()}),
+                    ),
                 }
             }
             (&Method::GET, "/api/shadow/diffs") => {
@@ -80,14 +119,22 @@ impl AdminService {
                     .into_iter()
                     .map(|(route, diff)| serde_json::json!({"route": route, "diff": diff}))
                     .collect();
-                json(StatusCode::OK, &serde_json::json!({"diffs": diffs, "noise_fields": self.mirror.store.all_noise()}))
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({"diffs": diffs, "noise_fields": self.mirror.store.all_noise()}),
+                )
             }
-            _ => json(StatusCode::NOT_FOUND, &serde_json::json!({"error": "not_found", "path": path})),
+            _ => json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"error": "not_found", "path": path}),
+            ),
         }
     }
 
     fn is_authorized(&self, req: &Request<Incoming>) -> bool {
-        let Some(token) = &self.token else { return true };
+        let Some(token) = &self.token else {
+            return true;
+        };
         let presented = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -118,7 +165,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<ProxyBody> {
     let mut response = Response::new(full(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 

@@ -16,7 +16,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
     }
 }
 
@@ -66,7 +70,10 @@ mod tests {
 
     #[test]
     fn suggests_close_names_only() {
-        assert_eq!(did_you_mean("ordrs", ["orders", "monolith"]), " (did you mean `orders`?)");
+        assert_eq!(
+            did_you_mean("ordrs", ["orders", "monolith"]),
+            " (did you mean `orders`?)"
+        );
         assert_eq!(did_you_mean("payments", ["orders", "monolith"]), "");
     }
 }

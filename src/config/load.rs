@@ -133,7 +133,10 @@ fn explain_serde_message(message: &str) -> String {
         if let Some((field, expected)) = rest.split_once('`') {
             let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
             let hint = did_you_mean(field, candidates.iter().copied());
-            return format!("{key_path}unknown key `{field}`{hint}; {}", expected.trim_start_matches(", "));
+            return format!(
+                "{key_path}unknown key `{field}`{hint}; {}",
+                expected.trim_start_matches(", ")
+            );
         }
     }
     message.to_string()

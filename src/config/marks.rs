@@ -55,8 +55,12 @@ impl Marks {
 /// Where the walker is inside a collection.
 enum Frame {
     /// In a mapping; `key` is the pending key when the next node is its value.
-    Mapping { key: Option<String> },
-    Sequence { next_index: usize },
+    Mapping {
+        key: Option<String>,
+    },
+    Sequence {
+        next_index: usize,
+    },
 }
 
 #[derive(Default)]
@@ -141,8 +145,20 @@ mod tests {
         let marks = Marks::index(
             "backends:\n  orders: { url: \"http://x\" }\nroutes:\n  - name: a\n    backend: orders\n",
         );
-        assert_eq!(marks.find("routes[0].backend"), Position { line: 5, column: 14 });
-        assert_eq!(marks.find("routes[0].name"), Position { line: 4, column: 11 });
+        assert_eq!(
+            marks.find("routes[0].backend"),
+            Position {
+                line: 5,
+                column: 14
+            }
+        );
+        assert_eq!(
+            marks.find("routes[0].name"),
+            Position {
+                line: 4,
+                column: 11
+            }
+        );
         assert_eq!(marks.find("backends.orders.url").line, 2);
         // Unknown leaf: the nearest indexed parent.
         assert_eq!(marks.find("routes[0].nothing").line, 4);

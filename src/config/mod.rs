@@ -9,9 +9,9 @@ mod error;
 mod load;
 mod marks;
 mod route;
+pub mod schema;
 mod server;
 mod traffic;
-pub mod schema;
 pub mod values;
 
 use std::path::Path;

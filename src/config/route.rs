@@ -7,17 +7,17 @@ use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 
 use super::compile::{BackendTable, CompileContext};
-use super::traffic::{compile_migration, compile_shadow};
-use crate::gate::{Migration, MigrationPlan};
-use crate::shadow::ShadowPolicy;
 use super::error::ConfigError;
 use super::load::SourceFile;
 use super::schema::{HeaderOpsSpec, MatchSpec, RouteSpec, StickySpec, ValueMatchSpec};
+use super::traffic::{compile_migration, compile_shadow};
+use crate::gate::{Migration, MigrationPlan};
 use crate::metrics::RouteMetrics;
 use crate::routing::{
     Backend, BackendId, Conditions, HeaderOps, HostMatch, HostRewrite, PathMatch, Rewrite, Route,
     SourceLocation, Specificity, Split, StickyKey, Target, ValueMatch, BUCKETS,
 };
+use crate::shadow::ShadowPolicy;
 
 /// A route entry and where it sits, for error positions.
 pub(crate) struct RouteSource<'a> {
@@ -53,19 +53,34 @@ pub(crate) fn compile_route(
     backend_list: &[Backend],
 ) -> Result<Route, Vec<ConfigError>> {
     let spec = source.spec;
-    let mut problems = Problems { source, errors: Vec::new() };
+    let mut problems = Problems {
+        source,
+        errors: Vec::new(),
+    };
     let path = compile_path(&spec.matcher, &mut problems);
     let conditions = compile_conditions(&spec.matcher, &mut problems);
     let fallback = spec.fallback.as_ref().and_then(|name| {
-        backends.resolve(name).map_err(|m| problems.at("fallback", m)).ok()
+        backends
+            .resolve(name)
+            .map_err(|m| problems.at("fallback", m))
+            .ok()
     });
-    let (target, migration, migration_shadow) = match compile_target(spec, fallback, backends, ctx, &mut problems) {
-        Some((target, migration, shadow)) => (Some(target), migration, shadow),
-        None => (None, None, None),
-    };
+    let (target, migration, migration_shadow) =
+        match compile_target(spec, fallback, backends, ctx, &mut problems) {
+            Some((target, migration, shadow)) => (Some(target), migration, shadow),
+            None => (None, None, None),
+        };
     let rewrite = compile_rewrite(spec, &path, &mut problems);
-    let request_headers = compile_header_ops(spec.request_headers.as_ref(), "request_headers", &mut problems);
-    let response_headers = compile_header_ops(spec.response_headers.as_ref(), "response_headers", &mut problems);
+    let request_headers = compile_header_ops(
+        spec.request_headers.as_ref(),
+        "request_headers",
+        &mut problems,
+    );
+    let response_headers = compile_header_ops(
+        spec.response_headers.as_ref(),
+        "response_headers",
+        &mut problems,
+    );
     let host_rewrite = match spec.host_rewrite.as_deref() {
         None => HostRewrite::PassThrough,
         Some("backend") => HostRewrite::Backend,
@@ -79,9 +94,13 @@ pub(crate) fn compile_route(
     };
     let idempotency_header = match &spec.idempotency_header {
         None => HeaderName::from_static("idempotency-key"),
-        Some(name) => header_name(name, "idempotency_header", &mut problems).unwrap_or(HeaderName::from_static("idempotency-key")),
+        Some(name) => header_name(name, "idempotency_header", &mut problems)
+            .unwrap_or(HeaderName::from_static("idempotency-key")),
     };
-    let explicit_shadow = spec.shadow.as_ref().and_then(|s| compile_shadow(s, backends, &mut problems));
+    let explicit_shadow = spec
+        .shadow
+        .as_ref()
+        .and_then(|s| compile_shadow(s, backends, &mut problems));
     let is_shadow_stage_only = explicit_shadow.is_none() && migration_shadow.is_some();
     let shadow = explicit_shadow.or(migration_shadow).map(Arc::new);
     // A migration keeps its `from` as the fallback unless told otherwise.
@@ -130,12 +149,18 @@ pub(crate) fn compile_route(
 /// A stable hash of the route's parsed entry (so comments and formatting
 /// do not count as a change).
 fn fingerprint(spec: &RouteSpec) -> u64 {
-    format!("{spec:?}").bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    format!("{spec:?}")
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
 }
 
-fn reachable_backends(target: &Target, fallback: Option<BackendId>, backends: &[Backend]) -> Vec<(BackendId, Arc<str>)> {
+fn reachable_backends(
+    target: &Target,
+    fallback: Option<BackendId>,
+    backends: &[Backend],
+) -> Vec<(BackendId, Arc<str>)> {
     let mut ids: Vec<BackendId> = match target {
         Target::Backend(id) => vec![*id],
         Target::Split(split) => split.choices.iter().map(|c| c.backend).collect(),
@@ -144,7 +169,9 @@ fn reachable_backends(target: &Target, fallback: Option<BackendId>, backends: &[
     ids.extend(fallback);
     ids.sort();
     ids.dedup();
-    ids.into_iter().map(|id| (id, backends[id.0].name.clone())).collect()
+    ids.into_iter()
+        .map(|id| (id, backends[id.0].name.clone()))
+        .collect()
 }
 
 fn compile_path(spec: &MatchSpec, problems: &mut Problems) -> Option<PathMatch> {
@@ -156,7 +183,10 @@ fn compile_path(spec: &MatchSpec, problems: &mut Problems) -> Option<PathMatch> 
         (None, None) => Some(PathMatch::Prefix("/".into())),
         (None, Some(prefix)) => {
             if !prefix.starts_with('/') {
-                problems.at("match.prefix", format!("prefix `{prefix}` must start with `/`"));
+                problems.at(
+                    "match.prefix",
+                    format!("prefix `{prefix}` must start with `/`"),
+                );
                 return None;
             }
             if prefix.contains(['{', '}', '?', '#']) {
@@ -164,7 +194,11 @@ fn compile_path(spec: &MatchSpec, problems: &mut Problems) -> Option<PathMatch> 
                 return None;
             }
             let trimmed = prefix.trim_end_matches('/');
-            Some(PathMatch::Prefix(if trimmed.is_empty() { "/".into() } else { trimmed.into() }))
+            Some(PathMatch::Prefix(if trimmed.is_empty() {
+                "/".into()
+            } else {
+                trimmed.into()
+            }))
         }
         (Some(path), None) => {
             if !path.starts_with('/') {
@@ -181,7 +215,10 @@ fn compile_path(spec: &MatchSpec, problems: &mut Problems) -> Option<PathMatch> 
                     has_catch_all,
                 }),
                 Err(message) => {
-                    problems.at("match.path", format!("bad path template `{path}`: {message}"));
+                    problems.at(
+                        "match.path",
+                        format!("bad path template `{path}`: {message}"),
+                    );
                     None
                 }
             }
@@ -203,7 +240,9 @@ fn check_template(path: &str) -> Result<(u16, bool), String> {
                 None => (inner, false),
             };
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("parameter `{{{inner}}}` needs a name of letters, digits or `_`"));
+                return Err(format!(
+                    "parameter `{{{inner}}}` needs a name of letters, digits or `_`"
+                ));
             }
             if names.contains(&name) {
                 return Err(format!("parameter `{name}` appears twice"));
@@ -226,17 +265,21 @@ fn compile_conditions(spec: &MatchSpec, problems: &mut Problems) -> Conditions {
     let methods = spec.methods.as_ref().map(|methods| {
         methods
             .iter()
-            .filter_map(|m| match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
-                Ok(method) => Some(method),
-                Err(_) => {
-                    problems.at("match.methods", format!("`{m}` is not an HTTP method"));
-                    None
-                }
-            })
+            .filter_map(
+                |m| match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                    Ok(method) => Some(method),
+                    Err(_) => {
+                        problems.at("match.methods", format!("`{m}` is not an HTTP method"));
+                        None
+                    }
+                },
+            )
             .collect::<Box<[Method]>>()
     });
     let host = spec.host.as_ref().map(|host| match host.strip_prefix('*') {
-        Some(suffix) if suffix.starts_with('.') => HostMatch::Suffix(suffix.to_ascii_lowercase().into()),
+        Some(suffix) if suffix.starts_with('.') => {
+            HostMatch::Suffix(suffix.to_ascii_lowercase().into())
+        }
         _ => HostMatch::Exact(host.to_ascii_lowercase().into()),
     });
     let headers = spec
@@ -256,7 +299,12 @@ fn compile_conditions(spec: &MatchSpec, problems: &mut Problems) -> Conditions {
             Some((name.as_str().into(), value_match(test, &key, problems)?))
         })
         .collect();
-    Conditions { methods, host, headers, query }
+    Conditions {
+        methods,
+        host,
+        headers,
+        query,
+    }
 }
 
 fn header_name(name: &str, key: &str, problems: &mut Problems) -> Option<HeaderName> {
@@ -281,14 +329,21 @@ fn value_match(spec: &ValueMatchSpec, key: &str, problems: &mut Problems) -> Opt
             }
             (None, Some(present)) => Some(ValueMatch::Present(present)),
             _ => {
-                problems.at(key, "write a value, `{ regex: ... }` or `{ present: true|false }`");
+                problems.at(
+                    key,
+                    "write a value, `{ regex: ... }` or `{ present: true|false }`",
+                );
                 None
             }
         },
     }
 }
 
-type CompiledTarget = (Target, Option<(Arc<Migration>, Option<Box<MigrationPlan>>)>, Option<ShadowPolicy>);
+type CompiledTarget = (
+    Target,
+    Option<(Arc<Migration>, Option<Box<MigrationPlan>>)>,
+    Option<ShadowPolicy>,
+);
 
 fn compile_target(
     spec: &RouteSpec,
@@ -297,7 +352,11 @@ fn compile_target(
     ctx: &CompileContext,
     problems: &mut Problems,
 ) -> Option<CompiledTarget> {
-    let chosen = [spec.backend.is_some(), spec.split.is_some(), spec.migration.is_some()];
+    let chosen = [
+        spec.backend.is_some(),
+        spec.split.is_some(),
+        spec.migration.is_some(),
+    ];
     match chosen.iter().filter(|c| **c).count() {
         0 => {
             problems.at("", "needs one of `backend`, `split` or `migration`");
@@ -310,14 +369,31 @@ fn compile_target(
         }
     }
     if let Some(name) = &spec.backend {
-        let target = backends.resolve(name).map_err(|m| problems.at("backend", m)).ok()?;
+        let target = backends
+            .resolve(name)
+            .map_err(|m| problems.at("backend", m))
+            .ok()?;
         return Some((Target::Backend(target), None, None));
     }
     if let Some(migration) = &spec.migration {
-        let sticky = migration.sticky.as_ref().or(spec.sticky.as_ref()).and_then(|s| sticky_key(s, problems));
-        let (target, migration, plan, shadow) =
-            compile_migration(migration, &spec.name, sticky, backends, ctx.migrations, problems)?;
-        return Some((Target::Migration(target), Some((migration, Some(Box::new(plan)))), Some(shadow)));
+        let sticky = migration
+            .sticky
+            .as_ref()
+            .or(spec.sticky.as_ref())
+            .and_then(|s| sticky_key(s, problems));
+        let (target, migration, plan, shadow) = compile_migration(
+            migration,
+            &spec.name,
+            sticky,
+            backends,
+            ctx.migrations,
+            problems,
+        )?;
+        return Some((
+            Target::Migration(target),
+            Some((migration, Some(Box::new(plan)))),
+            Some(shadow),
+        ));
     }
     let split = spec.split.as_ref()?;
     compile_split(split, spec, fallback, backends, problems).map(|s| (Target::Split(s), None, None))
@@ -339,7 +415,13 @@ fn compile_split(
     }
     let total: u32 = shares.iter().map(|(_, w)| w).sum();
     if total > BUCKETS {
-        problems.at("split", format!("weights add up to {}%, more than 100%", f64::from(total) / 100.0));
+        problems.at(
+            "split",
+            format!(
+                "weights add up to {}%, more than 100%",
+                f64::from(total) / 100.0
+            ),
+        );
         return None;
     }
     if shares.is_empty() {
@@ -359,21 +441,34 @@ fn compile_split(
 
 fn sticky_key(spec: &StickySpec, problems: &mut Problems) -> Option<StickyKey> {
     match (&spec.header, &spec.cookie, spec.client_ip) {
-        (Some(name), None, false) => header_name(name, "sticky.header", problems).map(StickyKey::Header),
+        (Some(name), None, false) => {
+            header_name(name, "sticky.header", problems).map(StickyKey::Header)
+        }
         (None, Some(cookie), false) => Some(StickyKey::Cookie(cookie.as_str().into())),
         (None, None, true) => Some(StickyKey::ClientIp),
         _ => {
-            problems.at("sticky", "set exactly one of `header`, `cookie` or `client_ip: true`");
+            problems.at(
+                "sticky",
+                "set exactly one of `header`, `cookie` or `client_ip: true`",
+            );
             None
         }
     }
 }
 
-fn compile_rewrite(spec: &RouteSpec, path: &Option<PathMatch>, problems: &mut Problems) -> Option<Rewrite> {
+fn compile_rewrite(
+    spec: &RouteSpec,
+    path: &Option<PathMatch>,
+    problems: &mut Problems,
+) -> Option<Rewrite> {
     let rewrite = spec.rewrite.as_ref()?;
     match (&rewrite.prefix, &rewrite.path, path) {
         (Some(to), None, Some(PathMatch::Prefix(from))) => Some(Rewrite::Prefix {
-            from: if &**from == "/" { "".into() } else { from.clone() },
+            from: if &**from == "/" {
+                "".into()
+            } else {
+                from.clone()
+            },
             to: to.as_str().into(),
         }),
         (Some(_), None, _) => {
@@ -388,13 +483,22 @@ fn compile_rewrite(spec: &RouteSpec, path: &Option<PathMatch>, problems: &mut Pr
             let missing = template
                 .split('{')
                 .skip(1)
-                .filter_map(|p| p.split_once('}').map(|(name, _)| name.trim_start_matches('*')))
-                .find(|name| !known.contains(&format!("{{{name}}}")) && !known.contains(&format!("{{*{name}}}")));
+                .filter_map(|p| {
+                    p.split_once('}')
+                        .map(|(name, _)| name.trim_start_matches('*'))
+                })
+                .find(|name| {
+                    !known.contains(&format!("{{{name}}}"))
+                        && !known.contains(&format!("{{*{name}}}"))
+                });
             if !template.starts_with('/') {
                 problems.at("rewrite.path", "must start with `/`");
                 None
             } else if let Some(name) = missing {
-                problems.at("rewrite.path", format!("uses `{{{name}}}`, which `match.path` does not define"));
+                problems.at(
+                    "rewrite.path",
+                    format!("uses `{{{name}}}`, which `match.path` does not define"),
+                );
                 None
             } else {
                 Some(Rewrite::Template(template.as_str().into()))
@@ -407,9 +511,17 @@ fn compile_rewrite(spec: &RouteSpec, path: &Option<PathMatch>, problems: &mut Pr
     }
 }
 
-fn compile_header_ops(spec: Option<&HeaderOpsSpec>, key: &str, problems: &mut Problems) -> HeaderOps {
-    let Some(spec) = spec else { return HeaderOps::default() };
-    let mut pairs = |map: &BTreeMap<String, String>, op: &str| -> Box<[(HeaderName, HeaderValue)]> {
+fn compile_header_ops(
+    spec: Option<&HeaderOpsSpec>,
+    key: &str,
+    problems: &mut Problems,
+) -> HeaderOps {
+    let Some(spec) = spec else {
+        return HeaderOps::default();
+    };
+    let mut pairs = |map: &BTreeMap<String, String>,
+                     op: &str|
+     -> Box<[(HeaderName, HeaderValue)]> {
         map.iter()
             .filter_map(|(name, value)| {
                 let at = format!("{key}.{op}.{name}");

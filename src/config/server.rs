@@ -15,19 +15,27 @@ use crate::server::{ConnLimits, ServerSettings, MIN_HEADER_BYTES};
 use crate::tls::{CertField, CertificateFiles, Certificates};
 use crate::upstream::{UpstreamTls, UpstreamTlsField, UpstreamTlsFiles};
 
-pub(crate) fn compile_server(files: &[SourceFile], errors: &mut Vec<ConfigError>) -> ServerSettings {
+pub(crate) fn compile_server(
+    files: &[SourceFile],
+    errors: &mut Vec<ConfigError>,
+) -> ServerSettings {
     let mut found: Option<(&SourceFile, &ServerSpec)> = None;
     for file in files {
         if let Some(spec) = &file.content.server {
             if let Some((first, _)) = found {
-                errors.push(file.error_at("server", format!("`server` is also defined in {}", first.display)));
+                errors.push(file.error_at(
+                    "server",
+                    format!("`server` is also defined in {}", first.display),
+                ));
             } else {
                 found = Some((file, spec));
             }
         }
     }
     let mut settings = ServerSettings::default();
-    let Some((file, spec)) = found else { return settings };
+    let Some((file, spec)) = found else {
+        return settings;
+    };
     if let Some(via) = &spec.via {
         match HeaderValue::from_str(via) {
             Ok(value) => settings.via = Some(value),
@@ -43,8 +51,13 @@ pub(crate) fn compile_server(files: &[SourceFile], errors: &mut Vec<ConfigError>
     match TrustedProxies::parse(spec.trusted_proxies.iter().map(String::as_str)) {
         Ok(trusted) => settings.trusted_proxies = trusted,
         Err(err) => {
-            let index = spec.trusted_proxies.iter().position(|e| e.trim() == err.0).unwrap_or(0);
-            errors.push(file.error_at(&format!("server.trusted_proxies[{index}]"), err.to_string()));
+            let index = spec
+                .trusted_proxies
+                .iter()
+                .position(|e| e.trim() == err.0)
+                .unwrap_or(0);
+            errors
+                .push(file.error_at(&format!("server.trusted_proxies[{index}]"), err.to_string()));
         }
     }
     if let Some(tls) = &spec.tls {
@@ -58,7 +71,10 @@ pub(crate) fn compile_server(files: &[SourceFile], errors: &mut Vec<ConfigError>
             })
             .collect();
         if entries.is_empty() {
-            errors.push(file.error_at("server.tls.certificates", "`certificates` needs at least one `{ cert, key }`"));
+            errors.push(file.error_at(
+                "server.tls.certificates",
+                "`certificates` needs at least one `{ cert, key }`",
+            ));
         }
         match Certificates::load(&entries) {
             Ok(certificates) if !entries.is_empty() => settings.tls = Some(Arc::new(certificates)),
@@ -69,22 +85,40 @@ pub(crate) fn compile_server(files: &[SourceFile], errors: &mut Vec<ConfigError>
                     CertField::Key => "key",
                     CertField::Sni => "sni",
                 };
-                errors.push(file.error_at(&format!("server.tls.certificates[{index}].{field}"), err.to_string()));
+                errors.push(file.error_at(
+                    &format!("server.tls.certificates[{index}].{field}"),
+                    err.to_string(),
+                ));
             }
         }
     }
     settings
 }
 
-fn compile_limits(file: &SourceFile, spec: &ServerSpec, errors: &mut Vec<ConfigError>) -> ConnLimits {
+fn compile_limits(
+    file: &SourceFile,
+    spec: &ServerSpec,
+    errors: &mut Vec<ConfigError>,
+) -> ConnLimits {
     let mut limits = ConnLimits::default();
     let mut duration = |key: &str, value: Option<Duration>, slot: &mut Duration| match value {
-        Some(d) if d.is_zero() => errors.push(file.error_at(&format!("server.{key}"), format!("`{key}` must be longer than 0"))),
+        Some(d) if d.is_zero() => errors.push(file.error_at(
+            &format!("server.{key}"),
+            format!("`{key}` must be longer than 0"),
+        )),
         Some(d) => *slot = d,
         None => {}
     };
-    duration("header_read_timeout", spec.header_read_timeout.map(|d| d.0), &mut limits.header_read_timeout);
-    duration("keepalive_timeout", spec.keepalive_timeout.map(|d| d.0), &mut limits.keepalive_timeout);
+    duration(
+        "header_read_timeout",
+        spec.header_read_timeout.map(|d| d.0),
+        &mut limits.header_read_timeout,
+    );
+    duration(
+        "keepalive_timeout",
+        spec.keepalive_timeout.map(|d| d.0),
+        &mut limits.keepalive_timeout,
+    );
     if let Some(bytes) = spec.max_header_bytes {
         match usize::try_from(bytes.0) {
             Ok(n) if n >= MIN_HEADER_BYTES => limits.max_header_bytes = n,
@@ -95,14 +129,24 @@ fn compile_limits(file: &SourceFile, spec: &ServerSpec, errors: &mut Vec<ConfigE
         }
     }
     let mut count = |key: &str, value: Option<usize>, slot: &mut usize| match value {
-        Some(0) => errors.push(file.error_at(&format!("server.{key}"), format!("`{key}` must be at least 1"))),
+        Some(0) => errors.push(file.error_at(
+            &format!("server.{key}"),
+            format!("`{key}` must be at least 1"),
+        )),
         Some(n) => *slot = n,
         None => {}
     };
     count("max_headers", spec.max_headers, &mut limits.max_headers);
-    count("max_connections", spec.max_connections, &mut limits.max_connections);
+    count(
+        "max_connections",
+        spec.max_connections,
+        &mut limits.max_connections,
+    );
     match spec.h2_max_concurrent_streams {
-        Some(0) => errors.push(file.error_at("server.h2_max_concurrent_streams", "`h2_max_concurrent_streams` must be at least 1")),
+        Some(0) => errors.push(file.error_at(
+            "server.h2_max_concurrent_streams",
+            "`h2_max_concurrent_streams` must be at least 1",
+        )),
         Some(n) => limits.h2_max_concurrent_streams = n,
         None => {}
     }
@@ -131,13 +175,15 @@ pub(crate) fn compile_upstream_tls(
         server_name: spec.server_name.clone(),
         insecure_skip_verify: spec.insecure_skip_verify,
     };
-    UpstreamTls::load(files).map(Arc::new).map_err(|(field, err)| {
-        let field = match field {
-            UpstreamTlsField::Ca => "ca",
-            UpstreamTlsField::Cert => "cert",
-            UpstreamTlsField::Key => "key",
-            UpstreamTlsField::ServerName => "server_name",
-        };
-        file.error_at(&format!("{backend_key}.tls.{field}"), err.to_string())
-    })
+    UpstreamTls::load(files)
+        .map(Arc::new)
+        .map_err(|(field, err)| {
+            let field = match field {
+                UpstreamTlsField::Ca => "ca",
+                UpstreamTlsField::Cert => "cert",
+                UpstreamTlsField::Key => "key",
+                UpstreamTlsField::ServerName => "server_name",
+            };
+            file.error_at(&format!("{backend_key}.tls.{field}"), err.to_string())
+        })
 }

@@ -14,14 +14,26 @@ use crate::shadow::compare::CompareRules;
 use crate::shadow::fieldpath::FieldPattern;
 use crate::shadow::policy::{ShadowPolicy, DEFAULT_MAX_BODY};
 
-pub(crate) fn compile_shadow(spec: &ShadowSpec, backends: &BackendTable, problems: &mut Problems) -> Option<ShadowPolicy> {
-    let backend = backends.resolve(&spec.backend).map_err(|m| problems.at("shadow.backend", m)).ok();
-    let secondary = spec
-        .secondary
-        .as_ref()
-        .and_then(|name| backends.resolve(name).map_err(|m| problems.at("shadow.secondary", m)).ok());
+pub(crate) fn compile_shadow(
+    spec: &ShadowSpec,
+    backends: &BackendTable,
+    problems: &mut Problems,
+) -> Option<ShadowPolicy> {
+    let backend = backends
+        .resolve(&spec.backend)
+        .map_err(|m| problems.at("shadow.backend", m))
+        .ok();
+    let secondary = spec.secondary.as_ref().and_then(|name| {
+        backends
+            .resolve(name)
+            .map_err(|m| problems.at("shadow.secondary", m))
+            .ok()
+    });
     if spec.learn_noise && secondary.is_none() {
-        problems.at("shadow.learn_noise", "noise learning needs `secondary`: a second instance of the primary to compare with");
+        problems.at(
+            "shadow.learn_noise",
+            "noise learning needs `secondary`: a second instance of the primary to compare with",
+        );
     }
     let methods = match &spec.methods {
         None => ShadowPolicy::default_methods(),
@@ -29,7 +41,9 @@ pub(crate) fn compile_shadow(spec: &ShadowSpec, backends: &BackendTable, problem
             .iter()
             .filter_map(|m| {
                 Method::from_bytes(m.to_ascii_uppercase().as_bytes())
-                    .map_err(|_| problems.at("shadow.methods", format!("`{m}` is not an HTTP method")))
+                    .map_err(|_| {
+                        problems.at("shadow.methods", format!("`{m}` is not an HTTP method"))
+                    })
                     .ok()
             })
             .collect(),
@@ -60,12 +74,18 @@ fn compare_rules(spec: Option<&CompareSpec>, problems: &mut Problems) -> Option<
         if let Some(header) = entry.strip_prefix("header:") {
             match HeaderName::from_bytes(header.trim().to_ascii_lowercase().as_bytes()) {
                 Ok(name) => rules.ignore_headers.push(name),
-                Err(_) => problems.at("shadow.compare.ignore", format!("`{header}` is not a header name")),
+                Err(_) => problems.at(
+                    "shadow.compare.ignore",
+                    format!("`{header}` is not a header name"),
+                ),
             }
         } else {
             match FieldPattern::parse(entry) {
                 Ok(pattern) => rules.ignore_fields.push(pattern),
-                Err(err) => problems.at("shadow.compare.ignore", format!("bad field path `{entry}`: {err}")),
+                Err(err) => problems.at(
+                    "shadow.compare.ignore",
+                    format!("bad field path `{entry}`: {err}"),
+                ),
             }
         }
     }
@@ -78,7 +98,10 @@ fn compare_rules(spec: Option<&CompareSpec>, problems: &mut Problems) -> Option<
     match spec.array_order.as_deref() {
         None | Some("strict") => {}
         Some("ignore") => rules.array_order_ignored = true,
-        Some(other) => problems.at("shadow.compare.array_order", format!("`{other}`: write `strict` or `ignore`")),
+        Some(other) => problems.at(
+            "shadow.compare.array_order",
+            format!("`{other}`: write `strict` or `ignore`"),
+        ),
     }
     rules.number_tolerance = spec.number_tolerance.unwrap_or(0.0).abs();
     Some(rules)
@@ -126,21 +149,32 @@ fn stages(spec: &MigrationSpec, problems: &mut Problems) -> Vec<Stage> {
         let stage = match stage {
             StageSpec::Named(name) if name == "shadow" => Stage::Shadow,
             StageSpec::Named(name) => match name.trim_end_matches('%').trim().parse::<f64>() {
-                Ok(value) if (0.0..=100.0).contains(&value) => Stage::Share((value * 100.0).round() as u32),
+                Ok(value) if (0.0..=100.0).contains(&value) => {
+                    Stage::Share((value * 100.0).round() as u32)
+                }
                 _ => {
-                    problems.at("migration.stages", format!("`{name}`: a stage is `shadow` or a share such as `5%`"));
+                    problems.at(
+                        "migration.stages",
+                        format!("`{name}`: a stage is `shadow` or a share such as `5%`"),
+                    );
                     continue;
                 }
             },
             StageSpec::Share(percent) => Stage::Share(percent.basis_points()),
         };
-        if stages.last().is_some_and(|last: &Stage| last.weight_bp() > stage.weight_bp()) {
+        if stages
+            .last()
+            .is_some_and(|last: &Stage| last.weight_bp() > stage.weight_bp())
+        {
             problems.at("migration.stages", "stages must not decrease");
         }
         stages.push(stage);
     }
     if stages.is_empty() {
-        problems.at("migration.stages", "list at least one stage, e.g. [shadow, 5%, 50%, 100%]");
+        problems.at(
+            "migration.stages",
+            "list at least one stage, e.g. [shadow, 5%, 50%, 100%]",
+        );
     }
     stages
 }
@@ -155,14 +189,25 @@ pub(crate) fn compile_migration(
     migrations: Option<&Migrations>,
     problems: &mut Problems,
 ) -> Option<(MigrationTarget, Arc<Migration>, MigrationPlan, ShadowPolicy)> {
-    let from = backends.resolve(&spec.from).map_err(|m| problems.at("migration.from", m)).ok();
-    let to = backends.resolve(&spec.to).map_err(|m| problems.at("migration.to", m)).ok();
+    let from = backends
+        .resolve(&spec.from)
+        .map_err(|m| problems.at("migration.from", m))
+        .ok();
+    let to = backends
+        .resolve(&spec.to)
+        .map_err(|m| problems.at("migration.to", m))
+        .ok();
     let stages = stages(spec, problems);
     let plan = gate_plan(spec, stages, problems);
     let (from, to) = (from?, to?);
     let migration = match migrations {
         Some(registry) => registry.register(route, plan.clone()),
-        None => Arc::new(Migration::new(route.into(), plan.clone(), 0, Status::Running)),
+        None => Arc::new(Migration::new(
+            route.into(),
+            plan.clone(),
+            0,
+            Status::Running,
+        )),
     };
     let shadow = ShadowPolicy {
         backend: to,

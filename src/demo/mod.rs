@@ -6,7 +6,8 @@
 //! `strangler run` would, and starts the traffic generator (`traffic`) and
 //! the live table (`table`), which reads the admin API (`scrape`). Within
 //! a minute the migration to the faithful service completes and the one to
-//! the buggy service is rolled back. `demo` is the CLI's entry point.
+//! the buggy service is rolled back. `demo` is the CLI's entry point;
+//! `workspace` holds the files, `error` says what went wrong.
 
 mod error;
 mod routes;
@@ -14,12 +15,13 @@ mod scrape;
 mod services;
 mod table;
 mod traffic;
+mod workspace;
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -32,6 +34,7 @@ use self::routes::BackendAddrs;
 use self::scrape::AdminApi;
 use self::services::{DemoServer, Flavor};
 use self::traffic::TrafficStats;
+use self::workspace::Workspace;
 use crate::gate::Status;
 use crate::{RunConfig, RunError};
 
@@ -210,7 +213,10 @@ impl Demo {
             tokio::spawn(crate::run(listener, admin_listener, run_config, shutdown));
 
         let api = AdminApi::new(admin);
-        wait_until_serving(&api, &mut proxy_task).await?;
+        if let Err(err) = wait_until_serving(&api, &mut proxy_task).await {
+            proxy_task.abort();
+            return Err(err);
+        }
 
         let stats = Arc::new(TrafficStats::default());
         let (stop, stopped) = watch::channel(false);
@@ -353,44 +359,5 @@ async fn wait_until_serving(
                 Err(_) => Err(err),
             },
         },
-    }
-}
-
-/// The directory holding the demo's routes and state.
-struct Workspace {
-    base: PathBuf,
-    /// Made by the demo, so removed with it.
-    is_temporary: bool,
-}
-
-impl Workspace {
-    fn new(state_dir: Option<PathBuf>) -> Result<Workspace, DemoError> {
-        let (base, is_temporary) = match state_dir {
-            Some(dir) => (dir, false),
-            None => {
-                let nanos = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.subsec_nanos());
-                let name = format!("strangler-demo-{}-{nanos}", std::process::id());
-                (std::env::temp_dir().join(name), true)
-            }
-        };
-        std::fs::create_dir_all(&base).map_err(|source| DemoError::Files {
-            path: base.clone(),
-            source,
-        })?;
-        Ok(Workspace { base, is_temporary })
-    }
-
-    fn routes_dir(&self) -> PathBuf {
-        self.base.join("routes")
-    }
-}
-
-impl Drop for Workspace {
-    fn drop(&mut self) {
-        if self.is_temporary {
-            let _ = std::fs::remove_dir_all(&self.base);
-        }
     }
 }

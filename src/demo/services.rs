@@ -280,10 +280,8 @@ mod tests {
             |text: String| serde_json::from_str::<Value>(&text).expect("demo answers are JSON");
         let mut monolith = parse(catalog(Flavor::Monolith, 42));
         let mut faithful = parse(catalog(Flavor::Faithful, 42));
-        assert_ne!(
-            catalog(Flavor::Monolith, 42)[..8],
-            catalog(Flavor::Faithful, 42)[..8]
-        );
+        assert!(catalog(Flavor::Monolith, 42).starts_with(r#"{"id":42,"#));
+        assert!(catalog(Flavor::Faithful, 42).starts_with(r#"{"generated_at":"#));
         monolith["generated_at"] = Value::Null;
         faithful["generated_at"] = Value::Null;
         assert_eq!(monolith, faithful);

@@ -36,7 +36,10 @@ pub struct Migrations {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Migrations {
@@ -57,7 +60,12 @@ impl Migrations {
             .into_iter()
             .map(|view| (view.route.clone(), view))
             .collect();
-        Migrations { routes: Mutex::new(HashMap::new()), metrics, state_dir, saved }
+        Migrations {
+            routes: Mutex::new(HashMap::new()),
+            metrics,
+            state_dir,
+            saved,
+        }
     }
 
     /// The migration of `route`, created with `plan` when new. An existing
@@ -72,7 +80,11 @@ impl Migrations {
         }
         let (stage, status) = match self.saved.get(route) {
             Some(saved) if saved.from == plan.from && saved.to == plan.to => {
-                let stage = plan.stages.iter().position(|s| s.label() == saved.stage).unwrap_or(0);
+                let stage = plan
+                    .stages
+                    .iter()
+                    .position(|s| s.label() == saved.stage)
+                    .unwrap_or(0);
                 (stage, saved.status)
             }
             _ => (0, Status::Running),
@@ -97,15 +109,23 @@ impl Migrations {
     }
 
     pub fn views(&self) -> Vec<MigrationView> {
-        let all: Vec<Arc<Migration>> = self.routes.lock().map(|r| r.values().cloned().collect()).unwrap_or_default();
+        let all: Vec<Arc<Migration>> = self
+            .routes
+            .lock()
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default();
         let mut views: Vec<MigrationView> = all.iter().filter_map(|m| m.view()).collect();
         views.sort_by(|a, b| a.route.cmp(&b.route));
         views
     }
 
     pub fn command(&self, route: &str, action: &str) -> Result<MigrationView, MigrationError> {
-        let migration = self.get(route).ok_or_else(|| MigrationError::UnknownRoute(route.into()))?;
-        let view = migration.command(action, unix_now()).map_err(MigrationError::BadAction)?;
+        let migration = self
+            .get(route)
+            .ok_or_else(|| MigrationError::UnknownRoute(route.into()))?;
+        let view = migration
+            .command(action, unix_now())
+            .map_err(MigrationError::BadAction)?;
         tracing::info!(route, action, stage = %view.stage, status = ?view.status, "migration changed by operator");
         let decision = match action {
             "promote" => Some("promote"),
@@ -113,7 +133,10 @@ impl Migrations {
             _ => None,
         };
         if let Some(decision) = decision {
-            self.metrics.gate_decisions.with_label_values(&[route, decision]).inc();
+            self.metrics
+                .gate_decisions
+                .with_label_values(&[route, decision])
+                .inc();
         }
         self.publish(&view);
         self.persist();
@@ -132,11 +155,20 @@ impl Migrations {
     }
 
     pub fn tick(&self, now: Instant) {
-        let all: Vec<Arc<Migration>> = self.routes.lock().map(|r| r.values().cloned().collect()).unwrap_or_default();
+        let all: Vec<Arc<Migration>> = self
+            .routes
+            .lock()
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default();
         let mut changed = false;
         for migration in all {
-            let Some((verdict, view)) = migration.tick(now, unix_now()) else { continue };
-            self.metrics.gate_decisions.with_label_values(&[&view.route, verdict.as_str()]).inc();
+            let Some((verdict, view)) = migration.tick(now, unix_now()) else {
+                continue;
+            };
+            self.metrics
+                .gate_decisions
+                .with_label_values(&[&view.route, verdict.as_str()])
+                .inc();
             if verdict != Verdict::Hold {
                 changed = true;
                 let evidence = serde_json::to_string(&view.last_evidence).unwrap_or_default();
@@ -159,10 +191,19 @@ impl Migrations {
             Status::RolledBack => -1,
             _ => view.stage_index as i64,
         };
-        self.metrics.migration_stage.with_label_values(&[&view.route]).set(stage);
-        self.metrics.migration_weight.with_label_values(&[&view.route]).set(view.weight);
+        self.metrics
+            .migration_stage
+            .with_label_values(&[&view.route])
+            .set(stage);
+        self.metrics
+            .migration_weight
+            .with_label_values(&[&view.route])
+            .set(view.weight);
         let paused = i64::from(view.status == Status::Paused);
-        self.metrics.migration_paused.with_label_values(&[&view.route]).set(paused);
+        self.metrics
+            .migration_paused
+            .with_label_values(&[&view.route])
+            .set(paused);
     }
 
     /// Writes all stages atomically (a temporary file renamed over the old).
@@ -187,7 +228,8 @@ fn spawn_webhook(url: String, view: MigrationView, verdict: Verdict) {
         use http_body_util::Full;
         use hyper_util::client::legacy::Client;
         use hyper_util::rt::TokioExecutor;
-        let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let client: Client<_, Full<bytes::Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
         let body = serde_json::json!({"route": view.route, "decision": verdict.as_str(), "migration": view});
         let Ok(request) = http::Request::post(&url)
             .header(http::header::CONTENT_TYPE, "application/json")

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{evaluate, Evidence, GateRules, GateState, MatchWindow, SideWindow, StageKind, Verdict};
+use super::{
+    evaluate, Evidence, GateRules, GateState, MatchWindow, SideWindow, StageKind, Verdict,
+};
 
 /// How many decisions `GET /api/migrations` shows per route.
 const HISTORY: usize = 20;
@@ -145,10 +147,18 @@ fn windows(plan: &MigrationPlan, now: Instant) -> (SideWindow, SideWindow, Match
     // The window was validated at compile time; fall back to a minute so
     // that a bad value can never panic here.
     let window = plan.window.max(Duration::from_millis(100));
-    let side = |seed| SideWindow::new(window, now, seed).or_else(|_| SideWindow::new(Duration::from_secs(60), now, seed));
-    let (Ok(old), Ok(new)) = (side(1), side(2)) else { unreachable_windows() };
-    let matches = MatchWindow::new(window, now).or_else(|_| MatchWindow::new(Duration::from_secs(60), now));
-    let Ok(matches) = matches else { unreachable_windows() };
+    let side = |seed| {
+        SideWindow::new(window, now, seed)
+            .or_else(|_| SideWindow::new(Duration::from_secs(60), now, seed))
+    };
+    let (Ok(old), Ok(new)) = (side(1), side(2)) else {
+        unreachable_windows()
+    };
+    let matches =
+        MatchWindow::new(window, now).or_else(|_| MatchWindow::new(Duration::from_secs(60), now));
+    let Ok(matches) = matches else {
+        unreachable_windows()
+    };
     (old, new, matches)
 }
 
@@ -184,7 +194,12 @@ impl Migration {
     }
 
     fn publish(&self, runtime: &Runtime) {
-        let stage = runtime.plan.stages.get(runtime.stage).copied().unwrap_or(Stage::Shadow);
+        let stage = runtime
+            .plan
+            .stages
+            .get(runtime.stage)
+            .copied()
+            .unwrap_or(Stage::Shadow);
         let (weight, shadow) = match runtime.status {
             Status::RolledBack => (0, false),
             _ => (stage.weight_bp(), stage == Stage::Shadow),
@@ -200,16 +215,27 @@ impl Migration {
     /// Applies an edited plan: the stage with the same value is kept, else
     /// the highest stage not above the current weight.
     pub fn replan(&self, plan: MigrationPlan) {
-        let Ok(mut runtime) = self.state.lock() else { return };
+        let Ok(mut runtime) = self.state.lock() else {
+            return;
+        };
         if runtime.plan == plan {
             return;
         }
-        let current = runtime.plan.stages.get(runtime.stage).copied().unwrap_or(Stage::Shadow);
+        let current = runtime
+            .plan
+            .stages
+            .get(runtime.stage)
+            .copied()
+            .unwrap_or(Stage::Shadow);
         runtime.stage = plan
             .stages
             .iter()
             .position(|s| *s == current)
-            .or_else(|| plan.stages.iter().rposition(|s| s.weight_bp() <= current.weight_bp()))
+            .or_else(|| {
+                plan.stages
+                    .iter()
+                    .rposition(|s| s.weight_bp() <= current.weight_bp())
+            })
             .unwrap_or(0);
         let now = Instant::now();
         (runtime.old, runtime.new, runtime.matches) = windows(&plan, now);
@@ -218,7 +244,12 @@ impl Migration {
     }
 
     pub fn is_failure(&self, status: u16) -> bool {
-        status >= 500 || self.state.lock().map(|r| r.plan.failure_statuses.contains(&status)).unwrap_or(false)
+        status >= 500
+            || self
+                .state
+                .lock()
+                .map(|r| r.plan.failure_statuses.contains(&status))
+                .unwrap_or(false)
     }
 
     pub fn record(&self, side: Side, is_failure: bool, latency: Duration) {
@@ -240,13 +271,23 @@ impl Migration {
     /// Runs the gate if its interval has passed. Returns the verdict acted upon.
     pub fn tick(&self, now: Instant, unix: u64) -> Option<(Verdict, MigrationView)> {
         let mut runtime = self.state.lock().ok()?;
-        if runtime.status != Status::Running || now.duration_since(runtime.last_check) < runtime.plan.interval {
+        if runtime.status != Status::Running
+            || now.duration_since(runtime.last_check) < runtime.plan.interval
+        {
             return None;
         }
         runtime.last_check = now;
         let stage = runtime.plan.stages.get(runtime.stage).copied()?;
-        let kind = if stage == Stage::Shadow { StageKind::Shadow } else { StageKind::Traffic };
-        let (old, new, matches) = (runtime.old.snapshot(now), runtime.new.snapshot(now), runtime.matches.snapshot(now));
+        let kind = if stage == Stage::Shadow {
+            StageKind::Shadow
+        } else {
+            StageKind::Traffic
+        };
+        let (old, new, matches) = (
+            runtime.old.snapshot(now),
+            runtime.new.snapshot(now),
+            runtime.matches.snapshot(now),
+        );
         let shadow = (kind == StageKind::Shadow || matches.total > 0).then_some(&matches);
         let evidence = evaluate(&runtime.plan.rules, kind, &old, &new, shadow);
         let promote_after = runtime.plan.rules.promote_after;
@@ -258,7 +299,14 @@ impl Migration {
             Verdict::Hold => {}
         }
         if verdict != Verdict::Hold {
-            push_history(&mut runtime, unix, stage, verdict.as_str(), "gate", Some(evidence));
+            push_history(
+                &mut runtime,
+                unix,
+                stage,
+                verdict.as_str(),
+                "gate",
+                Some(evidence),
+            );
         }
         self.publish(&runtime);
         Some((verdict, self.view_of(&runtime)))
@@ -268,7 +316,12 @@ impl Migration {
         if runtime.stage + 1 < runtime.plan.stages.len() {
             runtime.stage += 1;
         }
-        if runtime.plan.stages.get(runtime.stage).is_some_and(|s| s.weight_bp() >= 10_000) {
+        if runtime
+            .plan
+            .stages
+            .get(runtime.stage)
+            .is_some_and(|s| s.weight_bp() >= 10_000)
+        {
             runtime.status = Status::Completed;
         }
         // Evidence from one stage says little about the next.
@@ -278,8 +331,16 @@ impl Migration {
 
     /// A person's command: promote, pause, resume or rollback.
     pub fn command(&self, action: &str, unix: u64) -> Result<MigrationView, String> {
-        let mut runtime = self.state.lock().map_err(|_| "migration state poisoned".to_string())?;
-        let stage = runtime.plan.stages.get(runtime.stage).copied().unwrap_or(Stage::Shadow);
+        let mut runtime = self
+            .state
+            .lock()
+            .map_err(|_| "migration state poisoned".to_string())?;
+        let stage = runtime
+            .plan
+            .stages
+            .get(runtime.stage)
+            .copied()
+            .unwrap_or(Stage::Shadow);
         match action {
             "promote" => {
                 if runtime.status == Status::RolledBack {
@@ -291,11 +352,16 @@ impl Migration {
             "resume" => {
                 // A rolled-back migration resumes at the stage it failed in.
                 runtime.status = Status::Running;
-                (runtime.old, runtime.new, runtime.matches) = windows(&runtime.plan, Instant::now());
+                (runtime.old, runtime.new, runtime.matches) =
+                    windows(&runtime.plan, Instant::now());
                 runtime.gate = GateState::new();
             }
             "rollback" => runtime.status = Status::RolledBack,
-            other => return Err(format!("unknown action `{other}` (promote, pause, resume, rollback)")),
+            other => {
+                return Err(format!(
+                    "unknown action `{other}` (promote, pause, resume, rollback)"
+                ))
+            }
         }
         let verdict = match action {
             "promote" => "promote",
@@ -312,7 +378,12 @@ impl Migration {
     }
 
     fn view_of(&self, runtime: &Runtime) -> MigrationView {
-        let stage = runtime.plan.stages.get(runtime.stage).copied().unwrap_or(Stage::Shadow);
+        let stage = runtime
+            .plan
+            .stages
+            .get(runtime.stage)
+            .copied()
+            .unwrap_or(Stage::Shadow);
         MigrationView {
             route: self.route.clone(),
             from: runtime.plan.from.clone(),
@@ -328,9 +399,22 @@ impl Migration {
     }
 }
 
-fn push_history(runtime: &mut Runtime, unix: u64, stage: Stage, verdict: &'static str, by: &'static str, evidence: Option<Evidence>) {
+fn push_history(
+    runtime: &mut Runtime,
+    unix: u64,
+    stage: Stage,
+    verdict: &'static str,
+    by: &'static str,
+    evidence: Option<Evidence>,
+) {
     if runtime.history.len() == HISTORY {
         runtime.history.pop_front();
     }
-    runtime.history.push_back(Decision { at_unix: unix, stage: stage.label(), verdict, by, evidence });
+    runtime.history.push_back(Decision {
+        at_unix: unix,
+        stage: stage.label(),
+        verdict,
+        by,
+        evidence,
+    });
 }

@@ -13,12 +13,14 @@ pub mod stats;
 pub mod verdict;
 pub mod window;
 
+pub use self::controller::{MigrationError, Migrations};
+pub use self::migration::{
+    Migration, MigrationCell, MigrationPlan, MigrationView, Side, Stage, Status,
+};
 pub use self::verdict::{
     evaluate, Check, CheckName, CheckOutcome, Evidence, GateRules, GateRulesError, GateState,
     StageKind, Verdict,
 };
-pub use self::controller::{MigrationError, Migrations};
-pub use self::migration::{Migration, MigrationCell, MigrationPlan, MigrationView, Side, Stage, Status};
 pub use self::window::{MatchEvidence, MatchWindow, SideEvidence, SideWindow, WindowError};
 
 #[cfg(test)]

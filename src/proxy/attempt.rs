@@ -45,7 +45,9 @@ pub(super) async fn exchange(
         let Some(current) = body.take() else {
             // Unreachable by construction: a next attempt is only chosen
             // when the body was reclaimed.
-            let err = UpstreamError::CircuitOpen { backend: upstream.name.clone() };
+            let err = UpstreamError::CircuitOpen {
+                backend: upstream.name.clone(),
+            };
             return (backend, Err(ProxyError::Upstream(err)));
         };
         let outcome = if upstream.admits() {
@@ -57,7 +59,9 @@ pub(super) async fn exchange(
             let (wrapped, reclaim) = reclaimable(current);
             let outcome = send(snapshot, route, backend, head, boxed(wrapped)).await;
             match &outcome {
-                Ok(response) if is_gateway_failure(response.status()) => upstream.breaker.on_failure(),
+                Ok(response) if is_gateway_failure(response.status()) => {
+                    upstream.breaker.on_failure()
+                }
                 Ok(_) => upstream.breaker.on_success(),
                 Err(ProxyError::Upstream(_)) => upstream.breaker.on_failure(),
                 Err(_) => {}
@@ -66,10 +70,21 @@ pub(super) async fn exchange(
             outcome
         } else {
             body = Some(current);
-            Err(ProxyError::Upstream(UpstreamError::CircuitOpen { backend: upstream.name.clone() }))
+            Err(ProxyError::Upstream(UpstreamError::CircuitOpen {
+                backend: upstream.name.clone(),
+            }))
         };
         let can_resend = body.is_some() && !head.is_upgrade;
-        match next_step(route, backend, head, client_headers, &outcome, can_resend, has_retried, has_fallen_back) {
+        match next_step(
+            route,
+            backend,
+            head,
+            client_headers,
+            &outcome,
+            can_resend,
+            has_retried,
+            has_fallen_back,
+        ) {
             Next::Done => return (backend, outcome),
             Next::RetrySame => {
                 if !upstream.budget.try_withdraw() {
@@ -82,7 +97,9 @@ pub(super) async fn exchange(
                 has_retried = true;
             }
             Next::Fallback(fallback) => {
-                route.metrics.count_fallback(&upstream.name, &snapshot.backend(fallback).name);
+                route
+                    .metrics
+                    .count_fallback(&upstream.name, &snapshot.backend(fallback).name);
                 backend = fallback;
                 has_fallen_back = true;
             }
@@ -91,7 +108,10 @@ pub(super) async fn exchange(
 }
 
 fn is_gateway_failure(status: StatusCode) -> bool {
-    matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT)
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -110,12 +130,17 @@ fn next_step(
         Ok(_) => return Next::Done,
         Err(ProxyError::Upstream(err)) => (
             err.may_have_reached_backend(),
-            matches!(err, UpstreamError::Connect { .. } | UpstreamError::Reset { .. }),
+            matches!(
+                err,
+                UpstreamError::Connect { .. } | UpstreamError::Reset { .. }
+            ),
         ),
         Err(_) => return Next::Done,
     };
-    let is_idempotent = matches!(head.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE)
-        || client_headers.contains_key(&route.idempotency_header);
+    let is_idempotent = matches!(
+        head.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    ) || client_headers.contains_key(&route.idempotency_header);
     let is_safe = !reached || is_idempotent || route.retry_non_idempotent;
     if !can_resend || !is_safe || has_fallen_back {
         return Next::Done;
@@ -135,7 +160,9 @@ async fn send(
     body: ProxyBody,
 ) -> Result<Response<Incoming>, ProxyError> {
     let upstream = &snapshot.backend(backend).upstream;
-    let uri: Uri = upstream.uri_for(&head.path_and_query).map_err(ProxyError::UpstreamRequest)?;
+    let uri: Uri = upstream
+        .uri_for(&head.path_and_query)
+        .map_err(ProxyError::UpstreamRequest)?;
     let mut request = Request::new(body);
     *request.method_mut() = head.method.clone();
     *request.uri_mut() = uri;
@@ -156,7 +183,9 @@ async fn send(
     }
     if let Some(series) = route.metrics.series(backend) {
         match &result {
-            Ok(_) => series.upstream_duration.observe(started.elapsed().as_secs_f64()),
+            Ok(_) => series
+                .upstream_duration
+                .observe(started.elapsed().as_secs_f64()),
             Err(err) => series.count_error(err.kind()),
         }
     }
@@ -177,4 +206,3 @@ fn body_limit_exceeded(err: &UpstreamError) -> Option<u64> {
     }
     None
 }
-

@@ -26,7 +26,9 @@ pub struct BadCidr(pub String);
 
 impl TrustedProxies {
     /// Parses `10.0.0.0/8`, `fd00::/8` or a single address.
-    pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<TrustedProxies, BadCidr> {
+    pub fn parse<'a>(
+        entries: impl IntoIterator<Item = &'a str>,
+    ) -> Result<TrustedProxies, BadCidr> {
         let nets = entries
             .into_iter()
             .map(|entry| {
@@ -62,14 +64,19 @@ pub struct ClientAddr {
 /// Decides who the client is. Costs nothing when no proxy is trusted.
 pub fn client_addr(headers: &HeaderMap, peer: SocketAddr, trusted: &TrustedProxies) -> ClientAddr {
     let peer_ip = canonical(peer.ip());
-    let alone = ClientAddr { ip: peer_ip, chain: None };
+    let alone = ClientAddr {
+        ip: peer_ip,
+        chain: None,
+    };
     if trusted.is_empty() || !trusted.contains(peer_ip) {
         return alone;
     }
     let mut incoming = String::new();
     for value in headers.get_all(&X_FORWARDED_FOR) {
         // A value that is not visible ASCII cannot be a list of addresses.
-        let Ok(text) = value.to_str() else { return alone };
+        let Ok(text) = value.to_str() else {
+            return alone;
+        };
         if !incoming.is_empty() {
             incoming.push_str(", ");
         }
@@ -83,7 +90,9 @@ pub fn client_addr(headers: &HeaderMap, peer: SocketAddr, trusted: &TrustedProxi
     // the last one we can vouch for.
     let mut client = peer_ip;
     for entry in incoming.rsplit(',') {
-        let Some(ip) = parse_entry(entry.trim()) else { break };
+        let Some(ip) = parse_entry(entry.trim()) else {
+            break;
+        };
         client = ip;
         if !trusted.contains(ip) {
             break;
@@ -128,33 +137,57 @@ mod tests {
     fn untrusted_peer_is_the_client_whatever_it_claims() {
         let trusted = TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
         let addr = client_addr(&headers("6.6.6.6"), peer("203.0.113.9"), &trusted);
-        assert_eq!(addr, ClientAddr { ip: "203.0.113.9".parse().unwrap(), chain: None });
+        assert_eq!(
+            addr,
+            ClientAddr {
+                ip: "203.0.113.9".parse().unwrap(),
+                chain: None
+            }
+        );
     }
 
     #[test]
     fn trusted_peer_yields_the_right_most_untrusted_address() {
         let trusted = TrustedProxies::parse(["10.0.0.0/8", "192.0.2.7"]).unwrap();
-        let addr = client_addr(&headers("6.6.6.6, 198.51.100.4, 192.0.2.7"), peer("10.1.2.3"), &trusted);
+        let addr = client_addr(
+            &headers("6.6.6.6, 198.51.100.4, 192.0.2.7"),
+            peer("10.1.2.3"),
+            &trusted,
+        );
         assert_eq!(addr.ip, "198.51.100.4".parse::<IpAddr>().unwrap());
-        assert_eq!(addr.chain.unwrap(), "6.6.6.6, 198.51.100.4, 192.0.2.7, 10.1.2.3");
+        assert_eq!(
+            addr.chain.unwrap(),
+            "6.6.6.6, 198.51.100.4, 192.0.2.7, 10.1.2.3"
+        );
     }
 
     #[test]
     fn garbage_in_the_chain_stops_at_the_last_vouched_hop() {
         let trusted = TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
-        let addr = client_addr(&headers("6.6.6.6, nonsense, 10.0.0.5"), peer("10.0.0.1"), &trusted);
+        let addr = client_addr(
+            &headers("6.6.6.6, nonsense, 10.0.0.5"),
+            peer("10.0.0.1"),
+            &trusted,
+        );
         assert_eq!(addr.ip, "10.0.0.5".parse::<IpAddr>().unwrap());
     }
 
     #[test]
     fn entries_with_ports_and_mapped_addresses_are_understood() {
         let trusted = TrustedProxies::parse(["127.0.0.1"]).unwrap();
-        let addr = client_addr(&headers("[2001:db8::1]:443"), peer("::ffff:127.0.0.1"), &trusted);
+        let addr = client_addr(
+            &headers("[2001:db8::1]:443"),
+            peer("::ffff:127.0.0.1"),
+            &trusted,
+        );
         assert_eq!(addr.ip, "2001:db8::1".parse::<IpAddr>().unwrap());
     }
 
     #[test]
     fn bad_entries_are_refused() {
-        assert_eq!(TrustedProxies::parse(["10.0.0.0/33"]), Err(BadCidr("10.0.0.0/33".into())));
+        assert_eq!(
+            TrustedProxies::parse(["10.0.0.0/33"]),
+            Err(BadCidr("10.0.0.0/33".into()))
+        );
     }
 }

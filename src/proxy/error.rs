@@ -38,24 +38,43 @@ impl ProxyError {
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             // The backend refused or broke the exchange: a bad gateway.
-            ProxyError::Upstream(UpstreamError::Connect { .. }) => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
-            ProxyError::Upstream(UpstreamError::Reset { .. }) => (StatusCode::BAD_GATEWAY, "upstream_reset"),
-            ProxyError::Upstream(UpstreamError::Tls { .. }) => (StatusCode::BAD_GATEWAY, "upstream_tls"),
-            ProxyError::Upstream(UpstreamError::Protocol { .. }) => (StatusCode::BAD_GATEWAY, "upstream_protocol"),
+            ProxyError::Upstream(UpstreamError::Connect { .. }) => {
+                (StatusCode::BAD_GATEWAY, "upstream_unavailable")
+            }
+            ProxyError::Upstream(UpstreamError::Reset { .. }) => {
+                (StatusCode::BAD_GATEWAY, "upstream_reset")
+            }
+            ProxyError::Upstream(UpstreamError::Tls { .. }) => {
+                (StatusCode::BAD_GATEWAY, "upstream_tls")
+            }
+            ProxyError::Upstream(UpstreamError::Protocol { .. }) => {
+                (StatusCode::BAD_GATEWAY, "upstream_protocol")
+            }
             // Slow, not dead: the gateway timed out.
-            ProxyError::Upstream(UpstreamError::Timeout { .. }) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            ProxyError::Upstream(UpstreamError::Timeout { .. }) => {
+                (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
+            }
             // We chose not to try: the backend is known to be failing.
-            ProxyError::Upstream(UpstreamError::CircuitOpen { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "circuit_open"),
+            ProxyError::Upstream(UpstreamError::CircuitOpen { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "circuit_open")
+            }
             ProxyError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ProxyError::BadPath(_) => (StatusCode::BAD_REQUEST, "bad_path"),
             ProxyError::BadHost => (StatusCode::BAD_REQUEST, "bad_host"),
             // Not a forward proxy: no tunnel to anywhere.
-            ProxyError::Framing(FramingError::Connect) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ProxyError::Framing(FramingError::TooManyHeaders(_)) => {
-                (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large")
+            ProxyError::Framing(FramingError::Connect) => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
             }
-            ProxyError::Framing(FramingError::TargetTooLong) => (StatusCode::URI_TOO_LONG, "uri_too_long"),
-            ProxyError::Framing(FramingError::UnderscoreInName(_)) => (StatusCode::BAD_REQUEST, "bad_header_name"),
+            ProxyError::Framing(FramingError::TooManyHeaders(_)) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+            ),
+            ProxyError::Framing(FramingError::TargetTooLong) => {
+                (StatusCode::URI_TOO_LONG, "uri_too_long")
+            }
+            ProxyError::Framing(FramingError::UnderscoreInName(_)) => {
+                (StatusCode::BAD_REQUEST, "bad_header_name")
+            }
             // Ambiguous framing: a desync attempt or a broken client.
             ProxyError::Framing(_) => (StatusCode::BAD_REQUEST, "bad_framing"),
             ProxyError::UpstreamRequest(_) => (StatusCode::BAD_GATEWAY, "bad_upstream_request"),
@@ -87,7 +106,10 @@ pub fn json_error(
     let mut response = Response::new(full(body.to_string()));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert(super::headers::X_REQUEST_ID.clone(), request_id.clone());
     response
 }

@@ -14,7 +14,9 @@ use super::headers::{self, ForwardedFor};
 use super::{attempt, timing, upgrade, ProxyError, RequestCtx};
 use crate::body::{boxed, IdleTimeoutBody, LimitedBody, ProxyBody};
 use crate::gate::Side;
-use crate::routing::{bucket_of, BackendId, Decision, HostRewrite, Route, Snapshot, Target, BUCKETS};
+use crate::routing::{
+    bucket_of, BackendId, Decision, HostRewrite, Route, Snapshot, Target, BUCKETS,
+};
 use crate::shadow::{Mirror, PrimaryAnswer, RequestBody, ShadowJob, ShadowPolicy, TeeBody};
 
 /// The upstream request line and headers, kept so a fallback can resend them.
@@ -40,18 +42,34 @@ pub(crate) async fn forward(
     let (mut parts, body) = req.into_parts();
     if let (Some(limit), Some(length)) = (limit, body.size_hint().exact()) {
         if length > limit {
-            return finish(snapshot, route, decision.primary, &parts.method, Err(ProxyError::BodyTooLarge { limit }), ctx);
+            return finish(
+                snapshot,
+                route,
+                decision.primary,
+                &parts.method,
+                Err(ProxyError::BodyTooLarge { limit }),
+                ctx,
+            );
         }
     }
     let client_upgrade = upgrade::take_client_upgrade(&mut parts);
-    let head = upstream_head(snapshot, decision, &parts, path, host.as_deref(), ctx, client_upgrade.is_some());
+    let head = upstream_head(
+        snapshot,
+        decision,
+        &parts,
+        path,
+        host.as_deref(),
+        ctx,
+        client_upgrade.is_some(),
+    );
     // An empty body needs no copy for the shadow.
     let is_bodiless = body.is_end_stream();
     let body = match limit {
         Some(limit) => boxed(LimitedBody::new(body, limit)),
         None => boxed(body),
     };
-    let shadow = shadow_policy(snapshot, route, &parts.method, &ctx.request_id).filter(|_| !head.is_upgrade);
+    let shadow =
+        shadow_policy(snapshot, route, &parts.method, &ctx.request_id).filter(|_| !head.is_upgrade);
     let (body, request_copy) = match (shadow, is_bodiless) {
         (Some(policy), false) => {
             let (tee, copied) = TeeBody::new(body, policy.max_body_bytes);
@@ -61,13 +79,24 @@ pub(crate) async fn forward(
         (None, _) => (body, None),
     };
 
-    let (backend, outcome) = attempt::exchange(snapshot, route, decision.primary, &head, &parts.headers, body).await;
+    let (backend, outcome) = attempt::exchange(
+        snapshot,
+        route,
+        decision.primary,
+        &head,
+        &parts.headers,
+        body,
+    )
+    .await;
 
     let result = match outcome {
         Ok(response) => {
-            let response = upstream_response(snapshot, route, backend, response, client_upgrade, ctx);
+            let response =
+                upstream_response(snapshot, route, backend, response, client_upgrade, ctx);
             Ok(match (shadow, request_copy) {
-                (Some(policy), Some(copy)) => mirror_response(mirror, snapshot, route, policy, &head, copy, response, ctx),
+                (Some(policy), Some(copy)) => {
+                    mirror_response(mirror, snapshot, route, policy, &head, copy, response, ctx)
+                }
                 _ => response,
             })
         }
@@ -77,17 +106,28 @@ pub(crate) async fn forward(
 }
 
 /// The route's shadow policy, when this request is to be mirrored.
-fn shadow_policy<'s>(snapshot: &Snapshot, route: &'s Route, method: &Method, request_id: &HeaderValue) -> Option<&'s ShadowPolicy> {
+fn shadow_policy<'s>(
+    snapshot: &Snapshot,
+    route: &'s Route,
+    method: &Method,
+    request_id: &HeaderValue,
+) -> Option<&'s ShadowPolicy> {
     let _ = snapshot;
     let policy = route.shadow.as_deref()?;
-    if route.is_shadow_stage_only && !route.migration.as_ref().is_some_and(|m| m.cell.is_shadow_stage()) {
+    if route.is_shadow_stage_only
+        && !route
+            .migration
+            .as_ref()
+            .is_some_and(|m| m.cell.is_shadow_stage())
+    {
         return None;
     }
     if !policy.methods.contains(method) {
         return None;
     }
     // Sampling by request id: a retried request (same id) is sampled alike.
-    let is_sampled = policy.sample_bp >= BUCKETS || bucket_of(route.metrics_salt(), request_id.as_bytes()) < policy.sample_bp;
+    let is_sampled = policy.sample_bp >= BUCKETS
+        || bucket_of(route.metrics_salt(), request_id.as_bytes()) < policy.sample_bp;
     is_sampled.then_some(policy)
 }
 
@@ -118,7 +158,9 @@ fn mirror_response(
         headers: head.headers.clone(),
         body: request_body,
         candidate: snapshot.backend(policy.backend).upstream.clone(),
-        secondary: policy.secondary.map(|id| snapshot.backend(id).upstream.clone()),
+        secondary: policy
+            .secondary
+            .map(|id| snapshot.backend(id).upstream.clone()),
         rules: policy.rules.clone(),
         max_body_bytes: policy.max_body_bytes,
         primary: PrimaryAnswer {
@@ -159,7 +201,10 @@ fn upstream_head(
     ctx.trace.apply(&mut headers);
     // Content-Length, when the client sent one: the size is then known
     // without counting bytes as they stream.
-    if let Some(length) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
+    if let Some(length) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
         route.metrics.request_body.observe(length as f64);
     }
     match &route.host_rewrite {
@@ -187,7 +232,12 @@ fn upstream_head(
         path_and_query.push_str(query);
     }
     let _ = ctx.upstream_started.set(std::time::Instant::now());
-    UpstreamHead { method: parts.method.clone(), path_and_query, headers, is_upgrade }
+    UpstreamHead {
+        method: parts.method.clone(),
+        path_and_query,
+        headers,
+        is_upgrade,
+    }
 }
 
 fn upstream_response(
@@ -206,7 +256,8 @@ fn upstream_response(
     let (mut parts, body) = response.into_parts();
     // The announced length (or a body known to be empty); a chunked body
     // is not counted, which would cost a wrapper on every data frame.
-    if let (Some(length), Some(series)) = (body.size_hint().exact(), route.metrics.series(backend)) {
+    if let (Some(length), Some(series)) = (body.size_hint().exact(), route.metrics.series(backend))
+    {
         series.response_body.observe(length as f64);
     }
     headers::remove_hop_by_hop(&mut parts.headers, is_switching);
@@ -214,7 +265,9 @@ fn upstream_response(
         parts.headers.append(header::VIA, via.clone());
     }
     route.response_headers.apply(&mut parts.headers);
-    parts.headers.insert(&headers::X_REQUEST_ID, ctx.request_id.clone());
+    parts
+        .headers
+        .insert(&headers::X_REQUEST_ID, ctx.request_id.clone());
     Response::from_parts(parts, boxed(IdleTimeoutBody::new(body, idle)))
 }
 
@@ -238,9 +291,15 @@ fn finish(
     let now = std::time::Instant::now();
     let elapsed = now.saturating_duration_since(ctx.started);
     if snapshot.server.has_server_timing {
-        let upstream = ctx.upstream_started.get().map(|sent| now.saturating_duration_since(*sent));
+        let upstream = ctx
+            .upstream_started
+            .get()
+            .map(|sent| now.saturating_duration_since(*sent));
         // Appended: a backend's own Server-Timing entries stay.
-        response.headers_mut().append(&timing::SERVER_TIMING, timing::server_timing(elapsed, upstream));
+        response.headers_mut().append(
+            &timing::SERVER_TIMING,
+            timing::server_timing(elapsed, upstream),
+        );
     }
     let is_failure = error.is_some()
         || match &route.migration {
@@ -255,7 +314,11 @@ fn finish(
         }
     }
     if let (Some(migration), Target::Migration(target)) = (&route.migration, &route.target) {
-        let side = if backend == target.to { Side::New } else { Side::Old };
+        let side = if backend == target.to {
+            Side::New
+        } else {
+            Side::Old
+        };
         migration.record(side, is_failure, elapsed);
     }
     tracing::info!(

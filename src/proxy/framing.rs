@@ -86,7 +86,10 @@ fn check_names(headers: &HeaderMap) -> Result<(), FramingError> {
             let len = text.len().min(32);
             let mut bytes = [0u8; 32];
             bytes[..len].copy_from_slice(&text[..len]);
-            Err(FramingError::UnderscoreInName(UnderscoreName { bytes, len: len as u8 }))
+            Err(FramingError::UnderscoreInName(UnderscoreName {
+                bytes,
+                len: len as u8,
+            }))
         }
     }
 }
@@ -110,7 +113,9 @@ fn check_content_length(headers: &HeaderMap) -> Result<Option<u64>, FramingError
             if bytes.is_empty() || bytes.len() > 19 || !bytes.iter().all(u8::is_ascii_digit) {
                 return Err(FramingError::ContentLength);
             }
-            Ok(std::str::from_utf8(bytes).ok().and_then(|text| text.parse().ok()))
+            Ok(std::str::from_utf8(bytes)
+                .ok()
+                .and_then(|text| text.parse().ok()))
         }
         _ => Err(FramingError::ContentLength),
     }
@@ -130,31 +135,57 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();
         for (name, value) in pairs {
-            headers.append(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+            headers.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
         }
         headers
     }
 
     #[test]
     fn transfer_encoding_must_be_exactly_chunked() {
-        assert_eq!(check_transfer_encoding(&map(&[("transfer-encoding", "Chunked")])), Ok(true));
+        assert_eq!(
+            check_transfer_encoding(&map(&[("transfer-encoding", "Chunked")])),
+            Ok(true)
+        );
         for bad in ["gzip, chunked", "chunked, chunked", "identity", " chunked"] {
             let headers = map(&[("transfer-encoding", bad)]);
-            assert_eq!(check_transfer_encoding(&headers), Err(FramingError::TransferEncoding), "{bad}");
+            assert_eq!(
+                check_transfer_encoding(&headers),
+                Err(FramingError::TransferEncoding),
+                "{bad}"
+            );
         }
-        let twice = map(&[("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")]);
-        assert_eq!(check_transfer_encoding(&twice), Err(FramingError::TransferEncoding));
+        let twice = map(&[
+            ("transfer-encoding", "chunked"),
+            ("transfer-encoding", "chunked"),
+        ]);
+        assert_eq!(
+            check_transfer_encoding(&twice),
+            Err(FramingError::TransferEncoding)
+        );
     }
 
     #[test]
     fn content_length_is_one_run_of_digits() {
-        assert_eq!(check_content_length(&map(&[("content-length", "42")])), Ok(Some(42)));
+        assert_eq!(
+            check_content_length(&map(&[("content-length", "42")])),
+            Ok(Some(42))
+        );
         for bad in ["+42", "4 2", "0x10", "", "99999999999999999999"] {
             let headers = map(&[("content-length", bad)]);
-            assert_eq!(check_content_length(&headers), Err(FramingError::ContentLength), "{bad:?}");
+            assert_eq!(
+                check_content_length(&headers),
+                Err(FramingError::ContentLength),
+                "{bad:?}"
+            );
         }
         let twice = map(&[("content-length", "1"), ("content-length", "1")]);
-        assert_eq!(check_content_length(&twice), Err(FramingError::ContentLength));
+        assert_eq!(
+            check_content_length(&twice),
+            Err(FramingError::ContentLength)
+        );
     }
 
     #[test]

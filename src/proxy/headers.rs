@@ -99,7 +99,10 @@ pub fn set_forwarded(headers: &mut HeaderMap, info: &ForwardedFor) {
         IpAddr::V6(_) => format!("\"[{ip}]\""),
     };
     let mut forwarded = format!("for={node};proto={}", info.proto);
-    if let Some(host) = info.host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
+    if let Some(host) = info
+        .host
+        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"'))
+    {
         forwarded.push_str(";host=\"");
         forwarded.push_str(host);
         forwarded.push('"');
@@ -114,7 +117,9 @@ pub fn set_forwarded(headers: &mut HeaderMap, info: &ForwardedFor) {
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     headers
         .get(&X_REQUEST_ID)
-        .filter(|v| v.len() <= 128 && !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_graphic))
+        .filter(|v| {
+            v.len() <= 128 && !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_graphic)
+        })
         .cloned()
         .unwrap_or_else(new_request_id)
 }
@@ -147,9 +152,18 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(&X_FORWARDED_FOR, "6.6.6.6".parse().unwrap());
         let ip = "::1".parse().unwrap();
-        let info = ForwardedFor { client_ip: ip, peer_ip: ip, chain: None, proto: "http", host: Some("shop.test") };
+        let info = ForwardedFor {
+            client_ip: ip,
+            peer_ip: ip,
+            chain: None,
+            proto: "http",
+            host: Some("shop.test"),
+        };
         set_forwarded(&mut headers, &info);
         assert_eq!(headers.get(&X_FORWARDED_FOR).unwrap(), "::1");
-        assert_eq!(headers.get(&FORWARDED).unwrap(), "for=\"[::1]\";proto=http;host=\"shop.test\"");
+        assert_eq!(
+            headers.get(&FORWARDED).unwrap(),
+            "for=\"[::1]\";proto=http;host=\"shop.test\""
+        );
     }
 }

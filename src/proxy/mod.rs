@@ -28,8 +28,8 @@ use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
 use crate::metrics::Metrics;
-use crate::shadow::Mirror;
 use crate::routing::{RequestView, Snapshot, DEFAULT_ROUTE};
+use crate::shadow::Mirror;
 
 pub use self::client::{client_addr, BadCidr, ClientAddr, TrustedProxies};
 pub use self::error::{json_error, ProxyError};
@@ -119,7 +119,8 @@ async fn handle(shared: &Shared, conn: ConnInfo, req: Request<Incoming>) -> Resp
         client_ip: ctx.client.ip,
     });
     let (version, must_close) = (req.version(), framing::must_close_after(req.headers()));
-    let response = forward::forward(&shared.mirror, &snapshot, &decision, req, &path, host, &ctx).await;
+    let response =
+        forward::forward(&shared.mirror, &snapshot, &decision, req, &path, host, &ctx).await;
     if must_close && response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         return close_after(response, version);
     }
@@ -130,7 +131,9 @@ async fn handle(shared: &Shared, conn: ConnInfo, req: Request<Incoming>) -> Resp
 /// (HTTP/2 has no `Connection` header; its streams are independent.)
 fn close_after(mut response: Response<ProxyBody>, version: Version) -> Response<ProxyBody> {
     if version <= Version::HTTP_11 {
-        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
 }
@@ -157,7 +160,9 @@ fn request_host(req: &Request<Incoming>) -> Result<Option<String>, ()> {
 
 fn host_without_port(authority: &str) -> &str {
     match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !host.ends_with(':') => host,
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !host.ends_with(':') => {
+            host
+        }
         _ => authority,
     }
 }

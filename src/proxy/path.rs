@@ -45,7 +45,9 @@ fn is_plain(raw: &str) -> bool {
         .all(|&b| b.is_ascii_graphic() && b != b'%' && b != b'\\');
     clean_bytes
         && !raw.contains("//")
-        && !raw.split('/').any(|segment| segment == "." || segment == "..")
+        && !raw
+            .split('/')
+            .any(|segment| segment == "." || segment == "..")
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -142,8 +144,14 @@ mod tests {
 
     #[test]
     fn dots_and_double_slashes_resolve() {
-        assert_eq!(normalize("/api/./orders//7").as_deref(), Ok("/api/orders/7"));
-        assert_eq!(normalize("/api/v2/../orders/").as_deref(), Ok("/api/orders/"));
+        assert_eq!(
+            normalize("/api/./orders//7").as_deref(),
+            Ok("/api/orders/7")
+        );
+        assert_eq!(
+            normalize("/api/v2/../orders/").as_deref(),
+            Ok("/api/orders/")
+        );
         assert_eq!(normalize("/../../etc").as_deref(), Ok("/etc"));
         assert_eq!(normalize("/a/..").as_deref(), Ok("/"));
     }

@@ -25,7 +25,12 @@ impl RouteChanges {
                     changes.changed.push(route.name.to_string());
                     let (was, is) = (shares(old, &before.target), shares(new, &route.target));
                     if was != is {
-                        changes.traffic.push(format!("{}: {} -> {}", route.name, render(&was), render(&is)));
+                        changes.traffic.push(format!(
+                            "{}: {} -> {}",
+                            route.name,
+                            render(&was),
+                            render(&is)
+                        ));
                     }
                 }
                 Some(_) => {}
@@ -50,7 +55,10 @@ fn shares(snapshot: &Snapshot, target: &Target) -> Vec<(String, u32)> {
         Target::Backend(id) => vec![(snapshot.backend(*id).name.to_string(), BUCKETS)],
         // The share moves with the gate, not with the file.
         Target::Migration(m) => vec![
-            (format!("{} (migrating from)", snapshot.backend(m.from).name), BUCKETS),
+            (
+                format!("{} (migrating from)", snapshot.backend(m.from).name),
+                BUCKETS,
+            ),
             (format!("{} (migrating to)", snapshot.backend(m.to).name), 0),
         ],
         Target::Split(split) => {
@@ -87,7 +95,11 @@ impl fmt::Display for RouteChanges {
             self.removed.len(),
             self.changed.len()
         )?;
-        for (label, names) in [("added", &self.added), ("removed", &self.removed), ("changed", &self.changed)] {
+        for (label, names) in [
+            ("added", &self.added),
+            ("removed", &self.removed),
+            ("changed", &self.changed),
+        ] {
             if !names.is_empty() {
                 write!(f, "; {label}: {}", names.join(", "))?;
             }

@@ -21,13 +21,22 @@ pub fn explain<'s>(snapshot: &'s Snapshot, req: &RequestView) -> Explanation<'s>
         Some(rewrite) => rewrite.apply(req.path, &decision.params),
         None => req.path.to_string(),
     };
-    let mut candidates: Vec<&Route> = snapshot.routes.iter().filter(|r| path_fits(&r.path, req.path)).collect();
+    let mut candidates: Vec<&Route> = snapshot
+        .routes
+        .iter()
+        .filter(|r| path_fits(&r.path, req.path))
+        .collect();
     candidates.sort_by_key(|r| std::cmp::Reverse(r.specificity));
     let considered = candidates
         .into_iter()
         .map(|route| (route, rejection(route, req)))
         .collect();
-    Explanation { decision, forwarded_path, considered, snapshot }
+    Explanation {
+        decision,
+        forwarded_path,
+        considered,
+        snapshot,
+    }
 }
 
 fn path_fits(path_match: &PathMatch, path: &str) -> bool {
@@ -35,7 +44,11 @@ fn path_fits(path_match: &PathMatch, path: &str) -> bool {
         PathMatch::Exact(p) => &**p == path,
         PathMatch::Template { pattern, .. } => template_matches(pattern, path),
         PathMatch::Prefix(p) => {
-            &**p == "/" || path == &**p || path.strip_prefix(&**p).is_some_and(|rest| rest.starts_with('/'))
+            &**p == "/"
+                || path == &**p
+                || path
+                    .strip_prefix(&**p)
+                    .is_some_and(|rest| rest.starts_with('/'))
         }
     }
 }
@@ -45,12 +58,19 @@ fn rejection(route: &Route, req: &RequestView) -> Option<String> {
     let c = &route.conditions;
     if let Some(methods) = &c.methods {
         if !methods.contains(req.method) {
-            return Some(format!("method {} not in {}", req.method, join(methods.iter().map(|m| m.as_str()))));
+            return Some(format!(
+                "method {} not in {}",
+                req.method,
+                join(methods.iter().map(|m| m.as_str()))
+            ));
         }
     }
     if let Some(host) = &c.host {
         if !host.matches(req.host) {
-            return Some(format!("host {} does not match", req.host.unwrap_or("(none)")));
+            return Some(format!(
+                "host {} does not match",
+                req.host.unwrap_or("(none)")
+            ));
         }
     }
     for (name, test) in c.headers.iter() {
@@ -92,7 +112,11 @@ impl fmt::Display for Explanation<'_> {
         let route = d.route;
         let backend = self.snapshot.backend(d.primary);
         if route.declared_at.file.is_empty() {
-            writeln!(f, "route:     {} (no route matched; the `default` backend takes it)", route.name)?;
+            writeln!(
+                f,
+                "route:     {} (no route matched; the `default` backend takes it)",
+                route.name
+            )?;
         } else {
             writeln!(f, "route:     {} ({})", route.name, route.declared_at)?;
             writeln!(f, "matched:   {}", describe_path(&route.path))?;
@@ -101,7 +125,11 @@ impl fmt::Display for Explanation<'_> {
             let params: Vec<String> = d.params.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
             writeln!(f, "params:    {}", params.join(", "))?;
         }
-        let health = if backend.upstream.is_healthy() { "healthy" } else { "failing health checks" };
+        let health = if backend.upstream.is_healthy() {
+            "healthy"
+        } else {
+            "failing health checks"
+        };
         writeln!(
             f,
             "backend:   {} ({}; circuit {}, {health})",
@@ -121,19 +149,34 @@ impl fmt::Display for Explanation<'_> {
                 })
                 .collect();
             let how = match (&split.sticky, d.bucket) {
-                (Some(_), Some(bucket)) => format!("sticky; this request is in bucket {bucket} of 10000"),
+                (Some(_), Some(bucket)) => {
+                    format!("sticky; this request is in bucket {bucket} of 10000")
+                }
                 _ => "per request (no sticky key); this run drew one at random".into(),
             };
             writeln!(f, "split:     {} ({how})", shares.join(", "))?;
         }
         if let Target::Migration(m) = &route.target {
             let share = f64::from(m.cell.weight_bp()) / 100.0;
-            let stage = if m.cell.is_shadow_stage() { "shadow stage: mirrored to the new service" } else { "gated" };
-            writeln!(f, "migration: {} -> {}, {share}% on the new service ({stage})",
-                self.snapshot.backend(m.from).name, self.snapshot.backend(m.to).name)?;
+            let stage = if m.cell.is_shadow_stage() {
+                "shadow stage: mirrored to the new service"
+            } else {
+                "gated"
+            };
+            writeln!(
+                f,
+                "migration: {} -> {}, {share}% on the new service ({stage})",
+                self.snapshot.backend(m.from).name,
+                self.snapshot.backend(m.to).name
+            )?;
         }
         if let Some(shadow) = &route.shadow {
-            writeln!(f, "shadow:    {} ({}% sampled)", self.snapshot.backend(shadow.backend).name, f64::from(shadow.sample_bp) / 100.0)?;
+            writeln!(
+                f,
+                "shadow:    {} ({}% sampled)",
+                self.snapshot.backend(shadow.backend).name,
+                f64::from(shadow.sample_bp) / 100.0
+            )?;
         }
         if let Some(fallback) = route.fallback {
             writeln!(f, "fallback:  {}", self.snapshot.backend(fallback).name)?;
@@ -142,13 +185,24 @@ impl fmt::Display for Explanation<'_> {
         if !self.considered.is_empty() {
             writeln!(f, "considered (most specific first):")?;
             for (candidate, why) in &self.considered {
-                let mark = if std::ptr::eq(*candidate, route) { "*" } else if why.is_some() { "x" } else { "-" };
+                let mark = if std::ptr::eq(*candidate, route) {
+                    "*"
+                } else if why.is_some() {
+                    "x"
+                } else {
+                    "-"
+                };
                 let reason = match why {
                     Some(why) => format!(" ({why})"),
                     None if std::ptr::eq(*candidate, route) => " (chosen)".into(),
                     None => " (less specific)".into(),
                 };
-                writeln!(f, "  {mark} {:<20} {}{reason}", candidate.name, describe_path(&candidate.path))?;
+                writeln!(
+                    f,
+                    "  {mark} {:<20} {}{reason}",
+                    candidate.name,
+                    describe_path(&candidate.path)
+                )?;
             }
         }
         Ok(())

@@ -132,7 +132,10 @@ impl Specificity {
                 literal_segments,
                 has_catch_all,
                 ..
-            } => (if *has_catch_all { 1 } else { 2 }, u32::from(*literal_segments)),
+            } => (
+                if *has_catch_all { 1 } else { 2 },
+                u32::from(*literal_segments),
+            ),
             PathMatch::Prefix(p) => (0, p.len() as u32),
         };
         Specificity {

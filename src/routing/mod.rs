@@ -23,8 +23,8 @@ use crate::upstream::Upstream;
 
 pub use self::diff::RouteChanges;
 pub use self::explain::{explain, Explanation};
-pub use self::matcher::{Conditions, HostMatch, PathMatch, PathParams, Specificity, ValueMatch};
 pub(crate) use self::matcher::RouteIndex;
+pub use self::matcher::{Conditions, HostMatch, PathMatch, PathParams, Specificity, ValueMatch};
 pub use self::split::{bucket_of, request_bucket, salt_of, Split, SplitChoice, StickyKey, BUCKETS};
 pub use self::transform::{HeaderOps, Rewrite};
 /// Listener settings from `server:`; defined with the listener that uses them.
@@ -95,7 +95,10 @@ impl MigrationTarget {
             return (self.from, None);
         }
         let bucket = request_bucket(self.sticky.as_ref(), self.salt, headers, client_ip);
-        (if bucket < weight { self.to } else { self.from }, Some(bucket))
+        (
+            if bucket < weight { self.to } else { self.from },
+            Some(bucket),
+        )
     }
 }
 
@@ -147,7 +150,6 @@ pub struct Backend {
     pub name: BackendName,
     pub upstream: Arc<Upstream>,
 }
-
 
 /// The compiled route table. Built once per (re)load, never mutated.
 #[derive(Debug)]

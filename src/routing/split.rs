@@ -91,7 +91,12 @@ pub fn salt_of(route: &str) -> u64 {
 }
 
 /// A request's bucket: the hash of its sticky key, or random without one.
-pub fn request_bucket(sticky: Option<&StickyKey>, salt: u64, headers: &HeaderMap, client_ip: IpAddr) -> u32 {
+pub fn request_bucket(
+    sticky: Option<&StickyKey>,
+    salt: u64,
+    headers: &HeaderMap,
+    client_ip: IpAddr,
+) -> u32 {
     let key = match sticky {
         Some(StickyKey::Header(name)) => headers.get(name).map(|v| v.as_bytes()),
         Some(StickyKey::Cookie(name)) => cookie_value(headers, name),

@@ -42,7 +42,9 @@ fn substitute(template: &str, params: &PathParams) -> String {
     let mut rest = template;
     while let Some(open) = rest.find('{') {
         out.push_str(&rest[..open]);
-        let Some(close) = rest[open..].find('}') else { break };
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
         let name = rest[open + 1..open + close].trim_start_matches('*');
         if let Some((_, value)) = params.0.iter().find(|(n, _)| &**n == name) {
             out.push_str(value);
@@ -85,11 +87,20 @@ mod tests {
 
     #[test]
     fn prefix_rewrite_strips_or_replaces_on_segment_boundaries() {
-        let strip = Rewrite::Prefix { from: "/api/orders".into(), to: "/".into() };
+        let strip = Rewrite::Prefix {
+            from: "/api/orders".into(),
+            to: "/".into(),
+        };
         assert_eq!(strip.apply("/api/orders/7", &PathParams::default()), "/7");
         assert_eq!(strip.apply("/api/orders", &PathParams::default()), "/");
-        let replace = Rewrite::Prefix { from: "/api".into(), to: "/v2".into() };
-        assert_eq!(replace.apply("/api/orders", &PathParams::default()), "/v2/orders");
+        let replace = Rewrite::Prefix {
+            from: "/api".into(),
+            to: "/v2".into(),
+        };
+        assert_eq!(
+            replace.apply("/api/orders", &PathParams::default()),
+            "/v2/orders"
+        );
     }
 
     #[test]

@@ -44,13 +44,24 @@ pub(crate) struct ClientListener {
 /// Accepts until `stop` turns true. Every connection holds a clone of
 /// `stop`, so the caller learns that all have drained when the sender's
 /// receivers are gone (`watch::Sender::closed`).
-pub(crate) async fn serve(listener: ClientListener, shared: Arc<Shared>, metrics: Metrics, mut stop: watch::Receiver<bool>) {
-    let open_gauge = metrics.connections_open.with_label_values(&[listener.label]);
+pub(crate) async fn serve(
+    listener: ClientListener,
+    shared: Arc<Shared>,
+    metrics: Metrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    let open_gauge = metrics
+        .connections_open
+        .with_label_values(&[listener.label]);
     let accepted = metrics.connections.with_label_values(&[listener.label]);
     let open = Arc::new(AtomicUsize::new(0));
     let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
     let mut cached: Option<(ConnLimits, auto::Builder<TokioExecutor>)> = None;
-    let proto = if listener.tls.is_some() { "https" } else { "http" };
+    let proto = if listener.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     loop {
         let (stream, peer) = tokio::select! {
             result = listener.tcp.accept() => match result {
@@ -83,7 +94,13 @@ pub(crate) async fn serve(listener: ClientListener, shared: Arc<Shared>, metrics
         accepted.inc();
         let slot = Slot::take(&open, &open_gauge);
         let service = ProxyService::new(shared.clone(), ConnInfo { peer, proto });
-        let connection = Connection { builder, service, limits, stop: stop.clone(), _slot: slot };
+        let connection = Connection {
+            builder,
+            service,
+            limits,
+            stop: stop.clone(),
+            _slot: slot,
+        };
         match &listener.tls {
             None => {
                 tokio::spawn(connection.serve(stream, true));
@@ -122,7 +139,9 @@ fn http_builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
 /// Tells a refused client why, without reading its request, then closes.
 fn refuse(mut stream: TcpStream, is_tls: bool, refusals: &Arc<Semaphore>) {
     // A TLS client would read plaintext as garbage; a plain close is clearer.
-    let Ok(permit) = refusals.clone().try_acquire_owned() else { return };
+    let Ok(permit) = refusals.clone().try_acquire_owned() else {
+        return;
+    };
     if is_tls {
         return;
     }
@@ -152,7 +171,10 @@ impl Slot {
     fn take(open: &Arc<AtomicUsize>, gauge: &IntGauge) -> Slot {
         open.fetch_add(1, Ordering::AcqRel);
         gauge.inc();
-        Slot { open: open.clone(), gauge: gauge.clone() }
+        Slot {
+            open: open.clone(),
+            gauge: gauge.clone(),
+        }
     }
 }
 

@@ -73,16 +73,40 @@ pub async fn run(
     config: RunConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    serve(Listeners { proxy: listener, tls: None, admin }, config, shutdown).await
+    serve(
+        Listeners {
+            proxy: listener,
+            tls: None,
+            admin,
+        },
+        config,
+        shutdown,
+    )
+    .await
 }
 
 /// `run` with every listener, the TLS one included.
-pub async fn serve(listeners: Listeners, config: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    let Listeners { proxy: listener, tls: tls_listener, admin } = listeners;
+pub async fn serve(
+    listeners: Listeners,
+    config: RunConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let Listeners {
+        proxy: listener,
+        tls: tls_listener,
+        admin,
+    } = listeners;
     let metrics = Metrics::new();
-    let migrations = Arc::new(Migrations::new(metrics.clone(), Some(config.state_dir.clone())));
-    let reloader = Reloader::start(config.routes_dir.clone(), metrics.clone(), migrations.clone())
-        .map_err(RunError::Config)?;
+    let migrations = Arc::new(Migrations::new(
+        metrics.clone(),
+        Some(config.state_dir.clone()),
+    ));
+    let reloader = Reloader::start(
+        config.routes_dir.clone(),
+        metrics.clone(),
+        migrations.clone(),
+    )
+    .map_err(RunError::Config)?;
     let table = reloader.table();
     let has_certificates = table.load().server.tls.is_some();
     let acceptor = match (&tls_listener, has_certificates) {
@@ -102,8 +126,12 @@ pub async fn serve(listeners: Listeners, config: RunConfig, shutdown: impl Futur
     });
     let gate = migrations.clone().spawn_gate();
     let reloader = Arc::new(reloader);
-    let watchers = config.watch.then(|| crate::reload::spawn_watchers(reloader.clone()));
-    let cert_watch = acceptor.as_ref().map(|_| crate::tls::spawn_file_watch(reloader.clone()));
+    let watchers = config
+        .watch
+        .then(|| crate::reload::spawn_watchers(reloader.clone()));
+    let cert_watch = acceptor
+        .as_ref()
+        .map(|_| crate::tls::spawn_file_watch(reloader.clone()));
     if let (Ok(proxy), Ok(admin)) = (listener.local_addr(), admin.local_addr()) {
         let version = table.load().version.clone();
         let tls = tls_listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -114,13 +142,28 @@ pub async fn serve(listeners: Listeners, config: RunConfig, shutdown: impl Futur
     let admin_task = tokio::spawn(serve_admin(admin, admin_service));
 
     let (stop, stopped) = watch::channel(false);
-    let mut listeners = vec![ClientListener { tcp: listener, tls: None, label: PROXY_LISTENER }];
+    let mut listeners = vec![ClientListener {
+        tcp: listener,
+        tls: None,
+        label: PROXY_LISTENER,
+    }];
     if let (Some(tcp), Some(acceptor)) = (tls_listener, acceptor) {
-        listeners.push(ClientListener { tcp, tls: Some(acceptor), label: TLS_LISTENER });
+        listeners.push(ClientListener {
+            tcp,
+            tls: Some(acceptor),
+            label: TLS_LISTENER,
+        });
     }
     let accepting: Vec<_> = listeners
         .into_iter()
-        .map(|l| tokio::spawn(listener::serve(l, shared.clone(), metrics.clone(), stopped.clone())))
+        .map(|l| {
+            tokio::spawn(listener::serve(
+                l,
+                shared.clone(),
+                metrics.clone(),
+                stopped.clone(),
+            ))
+        })
         .collect();
     drop(stopped);
     shutdown.await;
@@ -159,18 +202,24 @@ fn warn_if_admin_exposed(admin: SocketAddr) {
 /// Feeds shadow outcomes of migrating routes to their gate: the match
 /// rate, and the candidate's errors and latency in the shadow stage.
 fn gate_hook(migrations: Arc<Migrations>) -> OutcomeHook {
-    Arc::new(move |route: &str, outcome: Outcome, latency: Option<Duration>| {
-        let Some(migration) = migrations.get(route) else { return };
-        match outcome {
-            Outcome::Match | Outcome::Mismatch => migration.record_match(outcome == Outcome::Match),
-            Outcome::Error | Outcome::Dropped | Outcome::Skipped => {}
-        }
-        if migration.cell.is_shadow_stage() {
-            if let Some(latency) = latency {
-                migration.record(Side::New, outcome == Outcome::Error, latency);
+    Arc::new(
+        move |route: &str, outcome: Outcome, latency: Option<Duration>| {
+            let Some(migration) = migrations.get(route) else {
+                return;
+            };
+            match outcome {
+                Outcome::Match | Outcome::Mismatch => {
+                    migration.record_match(outcome == Outcome::Match)
+                }
+                Outcome::Error | Outcome::Dropped | Outcome::Skipped => {}
             }
-        }
-    })
+            if migration.cell.is_shadow_stage() {
+                if let Some(latency) = latency {
+                    migration.record(Side::New, outcome == Outcome::Error, latency);
+                }
+            }
+        },
+    )
 }
 
 async fn serve_admin(listener: TcpListener, service: AdminService) {
@@ -186,10 +235,13 @@ async fn serve_admin(listener: TcpListener, service: AdminService) {
         };
         let service = service.clone();
         let connection = builder
-            .serve_connection(TokioIo::new(stream), hyper::service::service_fn(move |req| {
-                let service = service.clone();
-                async move { Ok::<_, std::convert::Infallible>(service.handle(req).await) }
-            }))
+            .serve_connection(
+                TokioIo::new(stream),
+                hyper::service::service_fn(move |req| {
+                    let service = service.clone();
+                    async move { Ok::<_, std::convert::Infallible>(service.handle(req).await) }
+                }),
+            )
             .into_owned();
         tokio::spawn(async move {
             let _ = connection.await;

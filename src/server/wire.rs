@@ -44,12 +44,20 @@ impl<IO> WireIo<IO> {
         if !check_heads {
             check.state = State::Passthrough;
         }
-        WireIo { inner, activity, check }
+        WireIo {
+            inner,
+            activity,
+            check,
+        }
     }
 }
 
 impl<IO: AsyncRead> AsyncRead for WireIo<IO> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.project();
         let before = buf.filled().len();
         ready!(this.inner.poll_read(cx, buf))?;
@@ -72,7 +80,11 @@ impl<IO: AsyncRead> AsyncRead for WireIo<IO> {
 }
 
 impl<IO: AsyncWrite> AsyncWrite for WireIo<IO> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let written = ready!(this.inner.poll_write(cx, buf))?;
         this.activity.store(true, Ordering::Relaxed);
@@ -206,7 +218,10 @@ impl HeadCheck {
         if !self.in_value {
             if byte == b':' {
                 self.in_value = true;
-                self.field = field_of(&self.prefix[..(self.line_len - 1).min(self.prefix.len())], self.line_len - 1);
+                self.field = field_of(
+                    &self.prefix[..(self.line_len - 1).min(self.prefix.len())],
+                    self.line_len - 1,
+                );
             }
             return Ok(());
         }

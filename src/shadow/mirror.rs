@@ -96,7 +96,11 @@ impl Mirror {
     pub fn start(metrics: Metrics, hook: Option<OutcomeHook>) -> Mirror {
         let (tx, rx) = mpsc::channel(QUEUE);
         let store = Arc::new(DiffStore::default());
-        let worker = Worker { metrics: metrics.clone(), store: store.clone(), hook };
+        let worker = Worker {
+            metrics: metrics.clone(),
+            store: store.clone(),
+            hook,
+        };
         tokio::spawn(dispatch(rx, Arc::new(worker)));
         Mirror { tx, metrics, store }
     }
@@ -105,9 +109,14 @@ impl Mirror {
     pub fn submit(&self, job: ShadowJob) {
         if let Err(err) = self.tx.try_send(job) {
             let job = match err {
-                mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => job,
+                mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => {
+                    job
+                }
             };
-            self.metrics.shadow_requests.with_label_values(&[&job.route, Outcome::Dropped.as_str()]).inc();
+            self.metrics
+                .shadow_requests
+                .with_label_values(&[&job.route, Outcome::Dropped.as_str()])
+                .inc();
         }
     }
 }
@@ -115,7 +124,9 @@ impl Mirror {
 async fn dispatch(mut rx: mpsc::Receiver<ShadowJob>, worker: Arc<Worker>) {
     let slots = Arc::new(Semaphore::new(CONCURRENCY));
     while let Some(job) = rx.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let worker = worker.clone();
         let route = job.route.clone();
         let task = tokio::spawn({
@@ -146,7 +157,10 @@ struct Worker {
 
 impl Worker {
     fn record(&self, route: &str, outcome: Outcome, candidate_latency: Option<Duration>) {
-        self.metrics.shadow_requests.with_label_values(&[route, outcome.as_str()]).inc();
+        self.metrics
+            .shadow_requests
+            .with_label_values(&[route, outcome.as_str()])
+            .inc();
         if let Some(hook) = &self.hook {
             hook(route, outcome, candidate_latency);
         }
@@ -161,10 +175,18 @@ impl Worker {
             },
         };
         let started = Instant::now();
-        let candidate = send(&job.candidate, &job, request_body.clone(), job.max_body_bytes).await;
+        let candidate = send(
+            &job.candidate,
+            &job,
+            request_body.clone(),
+            job.max_body_bytes,
+        )
+        .await;
         let candidate_latency = started.elapsed();
         let secondary = match &job.secondary {
-            Some(upstream) => send(upstream, &job, request_body, job.max_body_bytes).await.ok(),
+            Some(upstream) => send(upstream, &job, request_body, job.max_body_bytes)
+                .await
+                .ok(),
             None => None,
         };
         let primary_body = match job.primary.body.await {
@@ -172,34 +194,65 @@ impl Worker {
             _ => return (Outcome::Skipped, None),
         };
         let route = &*job.route;
-        self.metrics.shadow_duration.with_label_values(&[route, "primary"]).observe(job.primary.latency.as_secs_f64());
+        self.metrics
+            .shadow_duration
+            .with_label_values(&[route, "primary"])
+            .observe(job.primary.latency.as_secs_f64());
         let Ok((status, headers, body)) = candidate else {
             return (Outcome::Error, Some(candidate_latency));
         };
-        self.metrics.shadow_duration.with_label_values(&[route, "candidate"]).observe(candidate_latency.as_secs_f64());
-        let primary = Answer { status: job.primary.status, headers: &job.primary.headers, body: &primary_body };
+        self.metrics
+            .shadow_duration
+            .with_label_values(&[route, "candidate"])
+            .observe(candidate_latency.as_secs_f64());
+        let primary = Answer {
+            status: job.primary.status,
+            headers: &job.primary.headers,
+            body: &primary_body,
+        };
         if let Some((s_status, s_headers, s_body)) = &secondary {
             // Fields that differ between two primary answers are noise.
-            let second = Answer { status: *s_status, headers: s_headers, body: s_body };
+            let second = Answer {
+                status: *s_status,
+                headers: s_headers,
+                body: s_body,
+            };
             let noise = compare(&job.rules, &primary, &second);
-            self.store.learn_noise(route, noise.differences.into_iter().map(|d| d.field));
+            self.store
+                .learn_noise(route, noise.differences.into_iter().map(|d| d.field));
         }
-        let comparison = compare(&job.rules, &primary, &Answer { status, headers: &headers, body: &body });
+        let comparison = compare(
+            &job.rules,
+            &primary,
+            &Answer {
+                status,
+                headers: &headers,
+                body: &body,
+            },
+        );
         if comparison.is_match() {
             return (Outcome::Match, Some(candidate_latency));
         }
         let known_noise = self.store.noise(route);
-        let (noise, real): (Vec<_>, Vec<_>) =
-            comparison.differences.into_iter().partition(|d| known_noise.contains(&d.field));
+        let (noise, real): (Vec<_>, Vec<_>) = comparison
+            .differences
+            .into_iter()
+            .partition(|d| known_noise.contains(&d.field));
         if real.is_empty() && comparison.total_differences == noise.len() {
             return (Outcome::Match, Some(candidate_latency));
         }
         for difference in &real {
             let label = self.store.field_label(route, &difference.field);
-            self.metrics.shadow_field_mismatches.with_label_values(&[route, &label]).inc();
+            self.metrics
+                .shadow_field_mismatches
+                .with_label_values(&[route, &label])
+                .inc();
         }
         let record = DiffRecord {
-            at_unix_ms: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            at_unix_ms: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
             request_id: job.request_id,
             method: job.method.to_string(),
             path: job.path_and_query,
@@ -208,7 +261,12 @@ impl Worker {
             candidate_status: status,
             differences: real
                 .into_iter()
-                .map(|d| FieldDiff { path: d.path, kind: d.kind.as_str(), primary: d.primary, candidate: d.candidate })
+                .map(|d| FieldDiff {
+                    path: d.path,
+                    kind: d.kind.as_str(),
+                    primary: d.primary,
+                    candidate: d.candidate,
+                })
                 .collect(),
             total_differences: comparison.total_differences,
             noise: noise.into_iter().map(|d| d.field).collect(),
@@ -232,11 +290,17 @@ async fn send(
     *request.method_mut() = job.method.clone();
     *request.uri_mut() = uri;
     *request.headers_mut() = job.headers.clone();
-    request.headers_mut().insert(&X_STRANGLER_SHADOW, HeaderValue::from_static("1"));
+    request
+        .headers_mut()
+        .insert(&X_STRANGLER_SHADOW, HeaderValue::from_static("1"));
     let response = upstream.send(request).await.map_err(|err| {
         tracing::debug!(route = %job.route, error = %err, "shadow request failed");
     })?;
     let (parts, body) = response.into_parts();
-    let body = Limited::new(body, max_body_bytes).collect().await.map_err(|_| ())?.to_bytes();
+    let body = Limited::new(body, max_body_bytes)
+        .collect()
+        .await
+        .map_err(|_| ())?
+        .to_bytes();
     Ok((parts.status.as_u16(), parts.headers, body))
 }

@@ -16,7 +16,13 @@ const NOISE_FIELDS_PER_ROUTE: usize = 100;
 /// Bodies are kept only this long in the store.
 const BODY_EXCERPT_BYTES: usize = 2048;
 /// Never stored in clear.
-const SECRET_HEADERS: [&str; 5] = ["authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"];
+const SECRET_HEADERS: [&str; 5] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct FieldDiff {
@@ -70,7 +76,9 @@ impl DiffStore {
 
     /// Most recent first.
     pub fn recent(&self, route: Option<&str>) -> Vec<(String, DiffRecord)> {
-        let Ok(routes) = self.routes.lock() else { return Vec::new() };
+        let Ok(routes) = self.routes.lock() else {
+            return Vec::new();
+        };
         let mut out: Vec<(String, DiffRecord)> = routes
             .iter()
             .filter(|(name, _)| route.is_none_or(|r| r == name.as_str()))
@@ -92,11 +100,17 @@ impl DiffStore {
     }
 
     pub fn noise(&self, route: &str) -> BTreeSet<String> {
-        self.routes.lock().ok().and_then(|r| r.get(route).map(|d| d.noise.clone())).unwrap_or_default()
+        self.routes
+            .lock()
+            .ok()
+            .and_then(|r| r.get(route).map(|d| d.noise.clone()))
+            .unwrap_or_default()
     }
 
     pub fn all_noise(&self) -> HashMap<String, Vec<String>> {
-        let Ok(routes) = self.routes.lock() else { return HashMap::new() };
+        let Ok(routes) = self.routes.lock() else {
+            return HashMap::new();
+        };
         routes
             .iter()
             .filter(|(_, d)| !d.noise.is_empty())
@@ -107,7 +121,9 @@ impl DiffStore {
     /// The metric label for `field`: itself while the route has fewer than
     /// `FIELD_LABELS_PER_ROUTE` distinct fields, else `other`.
     pub fn field_label(&self, route: &str, field: &str) -> String {
-        let Ok(mut routes) = self.routes.lock() else { return "other".into() };
+        let Ok(mut routes) = self.routes.lock() else {
+            return "other".into();
+        };
         let labels = &mut routes.entry(route.to_string()).or_default().field_labels;
         if labels.contains(field) || labels.len() < FIELD_LABELS_PER_ROUTE {
             labels.insert(field.to_string());

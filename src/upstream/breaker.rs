@@ -23,7 +23,10 @@ pub struct BreakerSettings {
 
 impl Default for BreakerSettings {
     fn default() -> Self {
-        BreakerSettings { consecutive_failures: 5, open_for: Duration::from_secs(10) }
+        BreakerSettings {
+            consecutive_failures: 5,
+            open_for: Duration::from_secs(10),
+        }
     }
 }
 
@@ -61,7 +64,9 @@ impl CircuitBreaker {
         match self.state.load(Ordering::Acquire) {
             CLOSED => true,
             OPEN => {
-                let waited = self.now_ms().saturating_sub(self.opened_at_ms.load(Ordering::Acquire));
+                let waited = self
+                    .now_ms()
+                    .saturating_sub(self.opened_at_ms.load(Ordering::Acquire));
                 let is_due = waited >= self.settings.open_for.as_millis() as u64;
                 is_due && self.transition(OPEN, HALF_OPEN)
             }
@@ -84,7 +89,8 @@ impl CircuitBreaker {
         }
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         let state = self.state.load(Ordering::Acquire);
-        if state == HALF_OPEN || (state == CLOSED && failures >= self.settings.consecutive_failures) {
+        if state == HALF_OPEN || (state == CLOSED && failures >= self.settings.consecutive_failures)
+        {
             self.opened_at_ms.store(self.now_ms(), Ordering::Release);
             if self.transition(state, OPEN) {
                 tracing::warn!(failures, "circuit opened");
@@ -93,7 +99,10 @@ impl CircuitBreaker {
     }
 
     fn transition(&self, from: u8, to: u8) -> bool {
-        let moved = self.state.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire).is_ok();
+        let moved = self
+            .state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
         if moved {
             self.gauge.set(i64::from(to));
         }
@@ -116,7 +125,13 @@ mod tests {
 
     fn breaker(open_for: Duration) -> CircuitBreaker {
         let gauge = IntGauge::new("test_circuit", "test").expect("valid gauge");
-        CircuitBreaker::new(BreakerSettings { consecutive_failures: 3, open_for }, gauge)
+        CircuitBreaker::new(
+            BreakerSettings {
+                consecutive_failures: 3,
+                open_for,
+            },
+            gauge,
+        )
     }
 
     #[test]

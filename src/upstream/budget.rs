@@ -20,7 +20,10 @@ pub struct BudgetSettings {
 
 impl Default for BudgetSettings {
     fn default() -> Self {
-        BudgetSettings { ratio_milli: 200, min_per_second: 10 }
+        BudgetSettings {
+            ratio_milli: 200,
+            min_per_second: 10,
+        }
     }
 }
 
@@ -48,7 +51,11 @@ impl RetryBudget {
     }
 
     fn add(&self, amount: i64) {
-        let _ = self.tokens.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| Some((t + amount).min(MAX_TOKENS)));
+        let _ = self
+            .tokens
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                Some((t + amount).min(MAX_TOKENS))
+            });
     }
 
     /// Takes one retry from the budget, if there is one.
@@ -56,12 +63,17 @@ impl RetryBudget {
         let second = self.epoch.elapsed().as_secs();
         let last = self.refilled_second.load(Ordering::Acquire);
         if second > last
-            && self.refilled_second.compare_exchange(last, second, Ordering::AcqRel, Ordering::Acquire).is_ok()
+            && self
+                .refilled_second
+                .compare_exchange(last, second, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
         {
             self.add(i64::from(self.settings.min_per_second) * SCALE);
         }
         self.tokens
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| (t >= SCALE).then_some(t - SCALE))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                (t >= SCALE).then_some(t - SCALE)
+            })
             .is_ok()
     }
 }
@@ -72,7 +84,10 @@ mod tests {
 
     #[test]
     fn retries_are_capped_by_the_ratio_of_live_requests() {
-        let budget = RetryBudget::new(BudgetSettings { ratio_milli: 100, min_per_second: 0 });
+        let budget = RetryBudget::new(BudgetSettings {
+            ratio_milli: 100,
+            min_per_second: 0,
+        });
         for _ in 0..100 {
             budget.deposit();
         }

@@ -16,7 +16,10 @@ pub enum UpstreamError {
     },
 
     #[error("backend `{backend}` gave no answer within {after:?}")]
-    Timeout { backend: BackendName, after: Duration },
+    Timeout {
+        backend: BackendName,
+        after: Duration,
+    },
 
     #[error("backend `{backend}` reset the connection")]
     Reset {

@@ -21,7 +21,9 @@ pub fn spawn_checks(upstream: Weak<Upstream>, settings: HealthSettings) {
         let mut ticker = tokio::time::interval(settings.interval);
         loop {
             ticker.tick().await;
-            let Some(upstream) = upstream.upgrade() else { return };
+            let Some(upstream) = upstream.upgrade() else {
+                return;
+            };
             let is_healthy = check(&upstream, &settings).await;
             upstream.set_healthy(is_healthy);
         }
@@ -29,8 +31,13 @@ pub fn spawn_checks(upstream: Weak<Upstream>, settings: HealthSettings) {
 }
 
 async fn check(upstream: &Upstream, settings: &HealthSettings) -> bool {
-    let Ok(uri) = upstream.uri_for(&settings.path) else { return false };
-    let Ok(request) = Request::get(uri).header("user-agent", "strangler-health").body(empty()) else {
+    let Ok(uri) = upstream.uri_for(&settings.path) else {
+        return false;
+    };
+    let Ok(request) = Request::get(uri)
+        .header("user-agent", "strangler-health")
+        .body(empty())
+    else {
         return false;
     };
     let deadline = settings.interval.min(Duration::from_secs(2));

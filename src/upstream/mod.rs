@@ -84,7 +84,9 @@ pub enum UrlError {
 /// Checks a backend URL.
 pub fn parse_url(text: &str) -> Result<Uri, UrlError> {
     let uri: Uri = text.parse().map_err(|_| UrlError::Invalid(text.into()))?;
-    let scheme = uri.scheme_str().ok_or_else(|| UrlError::Incomplete(text.into()))?;
+    let scheme = uri
+        .scheme_str()
+        .ok_or_else(|| UrlError::Incomplete(text.into()))?;
     if uri.authority().is_none() {
         return Err(UrlError::Incomplete(text.into()));
     }
@@ -120,7 +122,11 @@ impl std::fmt::Debug for Upstream {
 impl Upstream {
     /// Builds the client and starts its health checks, if any; must run
     /// inside a tokio runtime. The checks stop when the upstream is dropped.
-    pub fn start(name: BackendName, settings: UpstreamSettings, metrics: &Metrics) -> Arc<Upstream> {
+    pub fn start(
+        name: BackendName,
+        settings: UpstreamSettings,
+        metrics: &Metrics,
+    ) -> Arc<Upstream> {
         let upstream = Arc::new(Upstream::new(name, settings, metrics));
         if let Some(health) = upstream.settings.health.clone() {
             health::spawn_checks(Arc::downgrade(&upstream), health);
@@ -139,7 +145,11 @@ impl Upstream {
             .timer(TokioTimer::new())
             .pool_idle_timeout(settings.timeouts.pool_idle)
             .pool_max_idle_per_host(settings.max_idle_connections)
-            .build(tls::connector(connector, settings.tls.as_deref(), settings.url.scheme() == Some(&Scheme::HTTPS)));
+            .build(tls::connector(
+                connector,
+                settings.tls.as_deref(),
+                settings.url.scheme() == Some(&Scheme::HTTPS),
+            ));
         let url = &settings.url;
         let scheme = url.scheme().cloned().unwrap_or(Scheme::HTTP);
         let authority = url
@@ -150,7 +160,10 @@ impl Upstream {
         let up_gauge = metrics.backend_up.with_label_values(&[&name]);
         up_gauge.set(1);
         Upstream {
-            breaker: CircuitBreaker::new(settings.breaker, metrics.circuit_state.with_label_values(&[&name])),
+            breaker: CircuitBreaker::new(
+                settings.breaker,
+                metrics.circuit_state.with_label_values(&[&name]),
+            ),
             budget: RetryBudget::new(settings.budget),
             is_healthy: AtomicBool::new(true),
             up_gauge,

@@ -47,7 +47,9 @@ pub struct UpstreamTls {
 
 impl std::fmt::Debug for UpstreamTls {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.debug_struct("UpstreamTls").field("files", &self.files).finish_non_exhaustive()
+        f.debug_struct("UpstreamTls")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
     }
 }
 
@@ -67,23 +69,33 @@ impl std::hash::Hash for UpstreamTls {
 }
 
 impl UpstreamTls {
+    // Runs when routes are compiled, never per request: the error's size
+    // does not matter, and unboxed it reads plainly at every `?`.
+    #[allow(clippy::result_large_err)]
     pub fn load(files: UpstreamTlsFiles) -> Result<UpstreamTls, (UpstreamTlsField, TlsError)> {
         let mut seen = Vec::new();
         let mut fingerprint = 0xcbf2_9ce4_8422_2325;
         let server_name = match &files.server_name {
-            Some(name) => Some(
-                ServerName::try_from(name.clone())
-                    .map_err(|_| (UpstreamTlsField::ServerName, TlsError::BadName(name.clone())))?,
-            ),
+            Some(name) => Some(ServerName::try_from(name.clone()).map_err(|_| {
+                (
+                    UpstreamTlsField::ServerName,
+                    TlsError::BadName(name.clone()),
+                )
+            })?),
             None => None,
         };
         let roots = match &files.ca {
             Some(path) => {
-                let pem = read_file(path, &mut seen, &mut fingerprint).map_err(|e| (UpstreamTlsField::Ca, e))?;
+                let pem = read_file(path, &mut seen, &mut fingerprint)
+                    .map_err(|e| (UpstreamTlsField::Ca, e))?;
                 let mut roots = RootCertStore::empty();
                 for cert in parse_chain(path, &pem).map_err(|e| (UpstreamTlsField::Ca, e))? {
                     roots.add(cert).map_err(|source| {
-                        let err = TlsError::Unusable { cert: path.clone(), key: path.clone(), source };
+                        let err = TlsError::Unusable {
+                            cert: path.clone(),
+                            key: path.clone(),
+                            source,
+                        };
                         (UpstreamTlsField::Ca, err)
                     })?;
                 }
@@ -97,18 +109,43 @@ impl UpstreamTls {
             .with_root_certificates(roots);
         let mut config = match (&files.cert, &files.key) {
             (Some(cert), Some(key)) => {
-                let cert_pem = read_file(cert, &mut seen, &mut fingerprint).map_err(|e| (UpstreamTlsField::Cert, e))?;
-                let key_pem = read_file(key, &mut seen, &mut fingerprint).map_err(|e| (UpstreamTlsField::Key, e))?;
+                let cert_pem = read_file(cert, &mut seen, &mut fingerprint)
+                    .map_err(|e| (UpstreamTlsField::Cert, e))?;
+                let key_pem = read_file(key, &mut seen, &mut fingerprint)
+                    .map_err(|e| (UpstreamTlsField::Key, e))?;
                 // Checks that the key matches the certificate, with a clear error.
-                certified_key(cert, &cert_pem, key, &key_pem).map_err(|e| (UpstreamTlsField::Key, e))?;
-                let chain = parse_chain(cert, &cert_pem).map_err(|e| (UpstreamTlsField::Cert, e))?;
+                certified_key(cert, &cert_pem, key, &key_pem)
+                    .map_err(|e| (UpstreamTlsField::Key, e))?;
+                let chain =
+                    parse_chain(cert, &cert_pem).map_err(|e| (UpstreamTlsField::Cert, e))?;
                 let private = parse_key(key, &key_pem).map_err(|e| (UpstreamTlsField::Key, e))?;
-                builder.with_client_auth_cert(chain, private).map_err(|source| {
-                    (UpstreamTlsField::Key, TlsError::Unusable { cert: cert.clone(), key: key.clone(), source })
-                })?
+                builder
+                    .with_client_auth_cert(chain, private)
+                    .map_err(|source| {
+                        (
+                            UpstreamTlsField::Key,
+                            TlsError::Unusable {
+                                cert: cert.clone(),
+                                key: key.clone(),
+                                source,
+                            },
+                        )
+                    })?
             }
-            (Some(_), None) => return Err((UpstreamTlsField::Cert, TlsError::NoKey { path: PathBuf::from("(no `key` given)") })),
-            (None, Some(key)) => return Err((UpstreamTlsField::Key, TlsError::NoCertificate { path: key.clone() })),
+            (Some(_), None) => {
+                return Err((
+                    UpstreamTlsField::Cert,
+                    TlsError::NoKey {
+                        path: PathBuf::from("(no `key` given)"),
+                    },
+                ))
+            }
+            (None, Some(key)) => {
+                return Err((
+                    UpstreamTlsField::Key,
+                    TlsError::NoCertificate { path: key.clone() },
+                ))
+            }
             (None, None) => builder.with_no_client_auth(),
         };
         if files.insecure_skip_verify {
@@ -116,11 +153,18 @@ impl UpstreamTls {
                 ca = ?files.ca,
                 "INSECURE: `insecure_skip_verify: true` accepts ANY certificate from this backend; anyone on the path can read and change its traffic"
             );
-            config.dangerous().set_certificate_verifier(Arc::new(AcceptAnything));
+            config
+                .dangerous()
+                .set_certificate_verifier(Arc::new(AcceptAnything));
         }
-        // The pool speaks HTTP/1.1 to backends.
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(UpstreamTls { files, fingerprint, config: Arc::new(config), server_name })
+        // ALPN stays empty: hyper-rustls sets it (http/1.1, the pool's
+        // protocol) and panics on a preset one.
+        Ok(UpstreamTls {
+            files,
+            fingerprint,
+            config: Arc::new(config),
+            server_name,
+        })
     }
 }
 
@@ -136,7 +180,9 @@ fn system_roots() -> Arc<RootCertStore> {
             let mut roots = RootCertStore::empty();
             let (added, _ignored) = roots.add_parsable_certificates(found.certs);
             if added == 0 {
-                tracing::warn!("no system root certificates found: https backends need `tls: {{ ca: FILE }}`");
+                tracing::warn!(
+                    "no system root certificates found: https backends need `tls: {{ ca: FILE }}`"
+                );
             }
             Arc::new(roots)
         })
@@ -144,12 +190,20 @@ fn system_roots() -> Arc<RootCertStore> {
 }
 
 /// The connector of a backend: plain HTTP, or TLS for `https://`.
-pub(crate) fn connector(mut http: HttpConnector, tls: Option<&UpstreamTls>, is_https: bool) -> HttpsConnector<HttpConnector> {
+pub(crate) fn connector(
+    mut http: HttpConnector,
+    tls: Option<&UpstreamTls>,
+    is_https: bool,
+) -> HttpsConnector<HttpConnector> {
     // The TLS layer hands https URLs to the TCP connector.
     http.enforce_http(false);
     let builder = match (tls, is_https) {
-        (Some(tls), _) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config((*tls.config).clone()),
-        (None, true) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(default_config()),
+        (Some(tls), _) => {
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config((*tls.config).clone())
+        }
+        (None, true) => {
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(default_config())
+        }
         // A plain backend never starts a handshake; an empty trust store
         // spares reading the system's for it.
         (None, false) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
@@ -169,13 +223,11 @@ pub(crate) fn connector(mut http: HttpConnector, tls: Option<&UpstreamTls>, is_h
 }
 
 fn default_config() -> ClientConfig {
-    let mut config = ClientConfig::builder_with_provider(provider())
+    ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("the ring provider supports TLS 1.2 and 1.3")
         .with_root_certificates(system_roots())
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config
+        .with_no_client_auth()
 }
 
 /// Whether a failure came from TLS (handshake, certificate), looking
@@ -184,7 +236,10 @@ pub(crate) fn is_tls_failure(err: &(dyn std::error::Error + 'static)) -> bool {
     if err.downcast_ref::<rustls::Error>().is_some() {
         return true;
     }
-    if let Some(inner) = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+    if let Some(inner) = err
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
         if is_tls_failure(inner) {
             return true;
         }
@@ -230,6 +285,8 @@ impl ServerCertVerifier for AcceptAnything {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider().signature_verification_algorithms.supported_schemes()
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
