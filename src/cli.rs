@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
 use crate::config::{self, CompileContext, ConfigErrors};
@@ -43,6 +43,21 @@ pub enum Command {
     Demo(DemoArgs),
     /// Watch and drive gated migrations through the admin API.
     Migrate(MigrateArgs),
+    /// Print the JSON Schema of route files (docs/routes.schema.json).
+    Schema,
+    /// Print a shell completion script, e.g.
+    /// `strangler completions bash > /etc/bash_completion.d/strangler`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `strangler man | man -l -`.
+    Man {
+        /// Write one page per command (strangler.1, strangler-run.1, ...)
+        /// into this directory instead.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -137,6 +152,12 @@ pub enum CliError {
     Admin(#[from] crate::admin::client::AdminClientError),
     #[error("the demo failed")]
     Demo(#[from] crate::demo::DemoError),
+    #[error("cannot write the {what}")]
+    Output {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
@@ -147,6 +168,39 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Diff { old, new } => diff(&old, &new).map(|()| ExitCode::SUCCESS),
         Command::Demo(args) => demo(args).map(|()| ExitCode::SUCCESS),
         Command::Migrate(args) => migrate(args).map(|()| ExitCode::SUCCESS),
+        Command::Schema => schema().map(|()| ExitCode::SUCCESS),
+        Command::Completions { shell } => {
+            let mut stdout = std::io::stdout();
+            clap_complete::generate(shell, &mut Cli::command(), "strangler", &mut stdout);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => man(dir.as_deref()).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+fn schema() -> Result<(), CliError> {
+    use std::io::Write;
+    let schema = config::route_file_schema();
+    let text = serde_json::to_string_pretty(&schema).expect("a JSON value always serializes");
+    writeln!(std::io::stdout(), "{text}").map_err(|source| CliError::Output {
+        what: "schema",
+        source,
+    })
+}
+
+fn man(dir: Option<&Path>) -> Result<(), CliError> {
+    let output = |source| CliError::Output {
+        what: "man page",
+        source,
+    };
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(output)?;
+            clap_mangen::generate_to(Cli::command(), dir).map_err(output)
+        }
+        None => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map_err(output),
     }
 }
 

@@ -290,3 +290,51 @@ async fn noise_learning_marks_a_timestamp_as_noise() {
     proxy.get("/api/catalog/1").await;
     wait_for_outcome(&proxy, "match", 1.0).await;
 }
+
+/// Past the queue bound, mirrored requests are dropped and counted, never
+/// queued without bound; the clients are all answered.
+#[tokio::test]
+async fn a_full_shadow_queue_drops_and_counts() {
+    let monolith = FakeBackend::with_headers(Behaviour::Fixed("{\"a\":1}"), &[JSON]).await;
+    let candidate = FakeBackend::with(Behaviour::Hold).await;
+    let yaml = format!(
+        "server: {{ shadow: {{ queue: 2, concurrency: 1 }} }}\n{}",
+        shadow_routes(&monolith.url(), &candidate.url(), "")
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    for _ in 0..10 {
+        assert_eq!(proxy.get("/api/catalog/1").await.status, StatusCode::OK);
+    }
+    // One job runs (held by the candidate), one waits for its slot, two
+    // wait in the queue: at least six of ten are dropped.
+    let dropped = outcome_count(&proxy, "dropped").await;
+    assert!((6.0..=8.0).contains(&dropped), "dropped: {dropped}");
+    candidate.release();
+    wait_for_outcome(&proxy, "mismatch", 10.0 - dropped).await;
+}
+
+/// With `diff_log`, every mismatch is appended to a JSONL file.
+#[tokio::test]
+async fn mismatches_are_appended_to_the_diff_log() {
+    let monolith = FakeBackend::with_headers(Behaviour::Fixed("{\"a\":1,\"b\":2}"), &[JSON]).await;
+    let candidate = FakeBackend::with_headers(Behaviour::Fixed("{\"a\":1,\"b\":3}"), &[JSON]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("diffs.jsonl");
+    let yaml = format!(
+        "server: {{ shadow: {{ diff_log: \"{}\" }} }}\n{}",
+        log.display(),
+        shadow_routes(&monolith.url(), &candidate.url(), "")
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    proxy.get("/api/catalog/1").await;
+    proxy.get("/api/catalog/2").await;
+    wait_for_outcome(&proxy, "mismatch", 2.0).await;
+    let text = std::fs::read_to_string(&log).expect("diff log written");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["route"], "catalog");
+    assert_eq!(lines[0]["diff"]["differences"][0]["path"], "$.b");
+}

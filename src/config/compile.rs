@@ -432,3 +432,77 @@ fn version_of(files: &[SourceFile], tls_fingerprint: u64) -> Arc<str> {
     }
     format!("{:012x}", hash >> 16).into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load::parse;
+    use crate::config::marks::Marks;
+
+    /// The routes named in shadowing warnings of a one-file table.
+    fn shadowed(routes: &str) -> Vec<String> {
+        let text = format!(
+            "backends:\n  a: {{ url: \"http://127.0.0.1:1\" }}\ndefault: a\nroutes:\n{routes}"
+        );
+        let display: Arc<str> = "routes.yaml".into();
+        let file = SourceFile {
+            content: parse(display.clone(), &text).expect("parses"),
+            marks: Marks::index(&text),
+            display,
+            path: "routes.yaml".into(),
+            text,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        // Upstream clients are built inside a runtime.
+        let _guard = runtime.enter();
+        let metrics = Metrics::new();
+        let ctx = CompileContext {
+            metrics: &metrics,
+            previous: None,
+            migrations: None,
+        };
+        let compiled = compile(&[file], &ctx).expect("compiles");
+        compiled
+            .warnings
+            .iter()
+            .map(|w| {
+                w.message
+                    .split('`')
+                    .nth(1)
+                    .expect("a route name")
+                    .to_string()
+            })
+            .collect()
+    }
+
+    fn route(name: &str, rule: &str) -> String {
+        format!("  - name: {name}\n    match: {rule}\n    backend: a\n")
+    }
+
+    /// A template is the same path as another whose parameters have other names.
+    #[test]
+    fn a_template_differing_only_in_parameter_names_is_shadowed() {
+        let routes =
+            route("first", "{ path: \"/o/{id}\" }") + &route("second", "{ path: \"/o/{order}\" }");
+        assert_eq!(shadowed(&routes), ["second"]);
+    }
+
+    /// A route with methods shadows a later one only if it takes all of its methods.
+    #[test]
+    fn a_route_is_shadowed_only_by_one_whose_methods_include_its_own() {
+        let routes = route("get", "{ prefix: \"/o\", methods: [GET] }")
+            + &route("get-again", "{ prefix: \"/o\", methods: [GET] }")
+            + &route("post", "{ prefix: \"/o\", methods: [POST] }");
+        assert_eq!(shadowed(&routes), ["get-again"]);
+    }
+
+    /// An exact path and a prefix with the same text are different paths.
+    #[test]
+    fn the_same_text_as_exact_path_and_as_prefix_shadows_nothing() {
+        let routes = route("exact", "{ path: \"/o\" }") + &route("prefix", "{ prefix: \"/o\" }");
+        assert_eq!(shadowed(&routes), Vec::<String>::new());
+    }
+}

@@ -6,13 +6,14 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::values::{ByteSize, DurationSpec, Percent};
 
 /// One `routes/*.yaml` file. Files are merged: backends and routes add up,
 /// `default` and `server` may each appear in one file only.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteFile {
     #[serde(default)]
@@ -25,7 +26,7 @@ pub struct RouteFile {
     pub routes: Vec<RouteSpec>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSpec {
     /// Adds a `Via` header to requests and responses when set.
@@ -46,9 +47,22 @@ pub struct ServerSpec {
     pub trusted_proxies: Vec<String>,
     /// Certificates of the TLS listener (`--tls-listen`).
     pub tls: Option<ServerTlsSpec>,
+    /// Bounds of the shadow pipeline, read at start.
+    pub shadow: Option<ShadowPipelineSpec>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowPipelineSpec {
+    /// Mirrored requests waiting for a slot; beyond, they are dropped.
+    pub queue: Option<usize>,
+    /// Mirrored requests in flight at once.
+    pub concurrency: Option<usize>,
+    /// Appends every mismatch as one JSON line to this file.
+    pub diff_log: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServerTlsSpec {
     /// The first one is served to clients whose SNI matches no `sni` name.
@@ -56,7 +70,7 @@ pub struct ServerTlsSpec {
 }
 
 /// PEM files; a relative path is relative to the route file's directory.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateSpec {
     /// The certificate chain, leaf first.
@@ -68,7 +82,7 @@ pub struct CertificateSpec {
 }
 
 /// TLS to an `https://` backend.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsSpec {
     /// Trust only this CA bundle (PEM) instead of the system roots.
@@ -83,7 +97,7 @@ pub struct UpstreamTlsSpec {
     pub insecure_skip_verify: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BackendSpec {
     pub url: String,
@@ -101,21 +115,21 @@ pub struct BackendSpec {
     pub tls: Option<UpstreamTlsSpec>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HealthSpec {
     pub path: String,
     pub interval: Option<DurationSpec>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitSpec {
     pub consecutive_failures: Option<u32>,
     pub open_for: Option<DurationSpec>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RetryBudgetSpec {
     /// Retries allowed as a share of live requests, e.g. `20%`.
@@ -124,7 +138,7 @@ pub struct RetryBudgetSpec {
     pub min_per_second: Option<u32>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSpec {
     pub name: String,
@@ -151,7 +165,7 @@ pub struct RouteSpec {
     pub migration: Option<MigrationSpec>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MatchSpec {
     /// Exact path, or a template with `{param}` segments and a trailing `{*rest}`.
@@ -168,21 +182,21 @@ pub struct MatchSpec {
 }
 
 /// A header or query value test: a plain string is an exact match.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(untagged)]
 pub enum ValueMatchSpec {
     Exact(String),
     Rule(ValueRuleSpec),
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ValueRuleSpec {
     pub regex: Option<String>,
     pub present: Option<bool>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StickySpec {
     pub header: Option<String>,
@@ -191,7 +205,7 @@ pub struct StickySpec {
     pub client_ip: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RewriteSpec {
     /// Replaces the matched `prefix` (`""` or `/` strips it).
@@ -200,7 +214,7 @@ pub struct RewriteSpec {
     pub path: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderOpsSpec {
     #[serde(default)]
@@ -211,7 +225,7 @@ pub struct HeaderOpsSpec {
     pub remove: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ShadowSpec {
     pub backend: String,
@@ -226,7 +240,7 @@ pub struct ShadowSpec {
     pub compare: Option<CompareSpec>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CompareSpec {
     #[serde(default)]
@@ -236,7 +250,7 @@ pub struct CompareSpec {
     pub number_tolerance: Option<f64>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MigrationSpec {
     pub from: String,
@@ -246,7 +260,9 @@ pub struct MigrationSpec {
     pub sticky: Option<StickySpec>,
 }
 
-/// `shadow`, or a share of traffic such as `5%`.
+/// `shadow`, or a share of traffic such as `5%`. Its JSON Schema is
+/// written by hand in `json_schema.rs`: serde tries `Share` first, so
+/// `Named` only ever holds `shadow` (or an error).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(untagged)]
 pub enum StageSpec {
@@ -254,7 +270,7 @@ pub enum StageSpec {
     Named(String),
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct GateSpec {
     pub window: Option<DurationSpec>,
@@ -269,7 +285,26 @@ pub struct GateSpec {
     pub confidence: Option<Percent>,
     #[serde(default)]
     pub failure_statuses: Vec<u16>,
+    /// `local` (default): this replica's own windows. `prometheus`: fleet
+    /// mode, the same checks over every replica's metrics.
     pub source: Option<String>,
+    /// The Prometheus server (`http://host:9090`) of fleet mode and of
+    /// `checks`.
     pub prometheus_url: Option<String>,
+    /// Business checks: PromQL whose value must stay within bounds.
+    #[serde(default)]
+    pub checks: Vec<BusinessCheckSpec>,
     pub webhook: Option<String>,
+}
+
+/// A business check: outside `min`..`max` rolls back; no data holds.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BusinessCheckSpec {
+    /// Shown in the gate's evidence, e.g. `payment-success`.
+    pub name: String,
+    /// An instant query returning one number.
+    pub query: String,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
 }

@@ -11,7 +11,7 @@ use super::error::ConfigError;
 use super::load::SourceFile;
 use super::schema::{ServerSpec, UpstreamTlsSpec};
 use crate::proxy::TrustedProxies;
-use crate::server::{ConnLimits, ServerSettings, MIN_HEADER_BYTES};
+use crate::server::{ConnLimits, ServerSettings, ShadowSettings, MIN_HEADER_BYTES};
 use crate::tls::{CertField, CertificateFiles, Certificates};
 use crate::upstream::{UpstreamTls, UpstreamTlsField, UpstreamTlsFiles};
 
@@ -44,6 +44,29 @@ pub(crate) fn compile_server(
     }
     settings.max_body_bytes = spec.max_body.map(|b| b.0);
     settings.has_server_timing = spec.server_timing.unwrap_or(false);
+    if let Some(shadow) = &spec.shadow {
+        let defaults = &settings.shadow;
+        let queue = shadow.queue.unwrap_or(defaults.queue);
+        let concurrency = shadow.concurrency.unwrap_or(defaults.concurrency);
+        if queue == 0 || concurrency == 0 {
+            errors.push(file.error_at(
+                "server.shadow",
+                "`queue` and `concurrency` must be at least 1",
+            ));
+        }
+        let diff_log = shadow.diff_log.as_ref().map(|path| {
+            let path = std::path::Path::new(path);
+            match (path.is_relative(), file.path.parent()) {
+                (true, Some(dir)) => dir.join(path),
+                _ => path.to_path_buf(),
+            }
+        });
+        settings.shadow = ShadowSettings {
+            queue: queue.max(1),
+            concurrency: concurrency.max(1),
+            diff_log,
+        };
+    }
     if let Some(grace) = spec.shutdown_grace {
         settings.shutdown_grace = grace.0;
     }

@@ -7,8 +7,13 @@ use http::{HeaderName, Method};
 
 use super::compile::BackendTable;
 use super::route::Problems;
-use super::schema::{CompareSpec, MigrationSpec, ShadowSpec, StageSpec};
-use crate::gate::{GateRules, Migration, MigrationPlan, Migrations, Stage, Status};
+use super::schema::{
+    BusinessCheckSpec, CompareSpec, GateSpec, MigrationSpec, ShadowSpec, StageSpec,
+};
+use crate::gate::{
+    BusinessCheck, CheckName, EvidenceSource, GateRules, LatencyTest, Migration, MigrationPlan,
+    Migrations, Stage, Status,
+};
 use crate::routing::{MigrationTarget, StickyKey};
 use crate::shadow::compare::CompareRules;
 use crate::shadow::fieldpath::FieldPattern;
@@ -111,6 +116,7 @@ fn compare_rules(spec: Option<&CompareSpec>, problems: &mut Problems) -> Option<
 /// passing checks to move on.
 fn gate_plan(spec: &MigrationSpec, stages: Vec<Stage>, problems: &mut Problems) -> MigrationPlan {
     let gate = spec.gate.clone().unwrap_or_default();
+    let source = evidence_source(&gate, problems);
     let rules = GateRules {
         min_requests: gate.min_requests.unwrap_or(100),
         max_error_rate_increase: gate.max_error_rate_increase.map_or(0.01, |p| p.0),
@@ -120,13 +126,16 @@ fn gate_plan(spec: &MigrationSpec, stages: Vec<Stage>, problems: &mut Problems) 
         min_match_rate: gate.min_match_rate.map_or(0.99, |p| p.0),
         confidence: gate.confidence.map_or(0.95, |p| p.0),
         promote_after: gate.promote_after.unwrap_or(3),
+        // Fleet mode reads quantiles, not samples: no rank test is possible.
+        latency_test: match source {
+            EvidenceSource::Local => LatencyTest::MannWhitney,
+            EvidenceSource::Prometheus => LatencyTest::QuantileRatio,
+        },
     };
     if let Err(err) = rules.validate() {
         problems.at("migration.gate", err.to_string());
     }
-    if let Some(source) = gate.source.as_deref().filter(|s| *s != "local") {
-        problems.at("migration.gate.source", format!("`{source}`: only `local` is supported in this version (fleet mode via Prometheus is planned)"));
-    }
+    let business_checks = business_checks(&gate.checks, problems);
     let window = gate.window.map_or(Duration::from_secs(300), |d| d.0);
     if window < Duration::from_millis(100) {
         problems.at("migration.gate.window", "must be at least 100ms");
@@ -140,7 +149,100 @@ fn gate_plan(spec: &MigrationSpec, stages: Vec<Stage>, problems: &mut Problems) 
         interval: gate.interval.map_or(Duration::from_secs(30), |d| d.0),
         failure_statuses: gate.failure_statuses,
         webhook: gate.webhook,
+        source,
+        business_checks,
+        prometheus_url: gate.prometheus_url,
     }
+}
+
+/// `gate.source`, and the `prometheus_url` that fleet mode and business
+/// checks need.
+fn evidence_source(gate: &GateSpec, problems: &mut Problems) -> EvidenceSource {
+    let source = match gate.source.as_deref() {
+        None | Some("local") => EvidenceSource::Local,
+        Some("prometheus") => EvidenceSource::Prometheus,
+        Some(other) => {
+            problems.at(
+                "migration.gate.source",
+                format!("`{other}`: write `local` (this replica's windows) or `prometheus` (fleet mode)"),
+            );
+            EvidenceSource::Local
+        }
+    };
+    match &gate.prometheus_url {
+        Some(url) => {
+            if let Err(message) = crate::gate::prometheus::check_url(url) {
+                problems.at("migration.gate.prometheus_url", message);
+            }
+        }
+        None if source == EvidenceSource::Prometheus => problems.at(
+            "migration.gate.source",
+            "fleet mode needs `prometheus_url`, the server that scrapes every replica",
+        ),
+        None if !gate.checks.is_empty() => problems.at(
+            "migration.gate.checks",
+            "business checks need `prometheus_url`, the server to ask",
+        ),
+        None => {}
+    }
+    source
+}
+
+/// `gate.checks`: unique names that are not built-in check names, a
+/// query, and at least one finite bound, `min` not above `max`.
+fn business_checks(specs: &[BusinessCheckSpec], problems: &mut Problems) -> Vec<BusinessCheck> {
+    let mut checks: Vec<BusinessCheck> = Vec::with_capacity(specs.len());
+    for (index, spec) in specs.iter().enumerate() {
+        let at = |key: &str| format!("migration.gate.checks[{index}].{key}");
+        let name = spec.name.trim();
+        let mut is_valid = true;
+        if name.is_empty() {
+            problems.at(&at("name"), "a check needs a name");
+            is_valid = false;
+        } else if CheckName::BUILT_IN.contains(&name) {
+            problems.at(
+                &at("name"),
+                format!("`{name}` is the name of a built-in check; choose another"),
+            );
+            is_valid = false;
+        } else if checks.iter().any(|c| &*c.name == name) {
+            problems.at(&at("name"), format!("two checks are named `{name}`"));
+            is_valid = false;
+        }
+        if spec.query.trim().is_empty() {
+            problems.at(&at("query"), "a check needs a PromQL query");
+            is_valid = false;
+        }
+        for (key, bound) in [("min", spec.min), ("max", spec.max)] {
+            if bound.is_some_and(|b| !b.is_finite()) {
+                problems.at(&at(key), "must be a finite number");
+                is_valid = false;
+            }
+        }
+        match (spec.min, spec.max) {
+            (None, None) => {
+                problems.at(
+                    &format!("migration.gate.checks[{index}]"),
+                    "set `min`, `max` or both: the bounds the value must stay within",
+                );
+                is_valid = false;
+            }
+            (Some(min), Some(max)) if min > max => {
+                problems.at(&at("min"), format!("`min` {min} is above `max` {max}"));
+                is_valid = false;
+            }
+            _ => {}
+        }
+        if is_valid {
+            checks.push(BusinessCheck {
+                name: name.into(),
+                query: spec.query.clone(),
+                min: spec.min,
+                max: spec.max,
+            });
+        }
+    }
+    checks
 }
 
 fn stages(spec: &MigrationSpec, problems: &mut Problems) -> Vec<Stage> {

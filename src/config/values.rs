@@ -3,8 +3,11 @@
 //! Each accepts the spelling a person writes (`2s`, `5%`, `1MiB`) and the
 //! plain number a generator writes, and rejects anything else at parse time.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
+
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
@@ -138,6 +141,75 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+// === JSON Schema ===
+//
+// Hand-written because the Rust types (a `Duration`, an `f64`, a `u64`) say
+// nothing of the spellings above. Each is a number or a string matching a
+// pattern; the patterns follow the parsers, and a test below checks that they
+// agree on a list of spellings. They are a little stricter than the parsers
+// (no exponents, no `5%%`) so an editor never suggests an odd spelling.
+
+/// `250ms`, `1.5s`, `1h 30m`: numbers each followed by a humantime unit; or `0`.
+pub const DURATION_PATTERN: &str = r"^\s*(0|([0-9]+(\.[0-9]+)?\s*(nanos|nsec|ns|usec|us|µs|millis|msec|ms|seconds|second|secs|sec|s|minutes|minute|mins|min|m|hours|hour|hrs|hr|h|days|day|d|weeks|week|wks|wk|w|months|month|M|years|year|yrs|yr|y)\s*)+)$";
+
+/// `5`, `5%`, `0.25%`, `100%`: a number from 0 to 100, `%` optional.
+pub const PERCENT_PATTERN: &str = r"^\s*\+?0*(100(\.0*)?|[0-9]{1,2}(\.[0-9]*)?|\.[0-9]+)\s*%?\s*$";
+
+/// `512`, `64KiB`, `1.5 MB`: a number and an optional unit (B, K/KB, KiB, M/MB, MiB, G/GB, GiB; any case).
+pub const BYTE_SIZE_PATTERN: &str =
+    r"^\s*([0-9]+(\.[0-9]*)?|\.[0-9]+)\s*([bB]|[kKmMgG]([iI]?[bB])?)?\s*$";
+
+impl JsonSchema for DurationSpec {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A duration such as `250ms`, `2s`, `5m` or `1h 30m`, or a number of seconds.",
+            "oneOf": [
+                { "type": "string", "pattern": DURATION_PATTERN },
+                { "type": "number", "minimum": 0 }
+            ],
+            "examples": ["250ms", "2s", "5m"]
+        })
+    }
+}
+
+impl JsonSchema for Percent {
+    fn schema_name() -> Cow<'static, str> {
+        "Percent".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A percentage from 0 to 100: `5`, `5%` or `0.25%`.",
+            "oneOf": [
+                { "type": "string", "pattern": PERCENT_PATTERN },
+                { "type": "number", "minimum": 0, "maximum": 100 }
+            ],
+            "examples": ["5%", "0.5%", 100]
+        })
+    }
+}
+
+impl JsonSchema for ByteSize {
+    fn schema_name() -> Cow<'static, str> {
+        "ByteSize".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A size such as `64KiB`, `1MiB`, `10MB`, or a number of bytes.",
+            "oneOf": [
+                { "type": "string", "pattern": BYTE_SIZE_PATTERN },
+                { "type": "number", "minimum": 0 }
+            ],
+            "examples": ["64KiB", "1MiB", "10MB"]
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +233,73 @@ mod tests {
             Ok(DurationSpec(Duration::from_millis(250)))
         );
         assert!(parse_duration("soon").is_err());
+    }
+
+    /// The schema's patterns accept what the parsers accept, on the
+    /// spellings a person writes, and refuse what they refuse.
+    #[test]
+    fn schema_patterns_agree_with_the_parsers() {
+        let cases: [(&str, fn(&str) -> bool, &[&str]); 3] = [
+            (
+                DURATION_PATTERN,
+                |t| parse_duration(t).is_ok(),
+                &[
+                    "250ms",
+                    "2s",
+                    "5m",
+                    "1h",
+                    "1h 30m",
+                    "1h30m",
+                    "1.5s",
+                    "0",
+                    "7 days",
+                    "30sec",
+                    "2 s",
+                    "soon",
+                    "5",
+                    "-1s",
+                    "1.s",
+                    "5 parsecs",
+                    "",
+                ],
+            ),
+            (
+                PERCENT_PATTERN,
+                |t| parse_percent(t).is_ok(),
+                &[
+                    "5", "5%", "0.25%", "100%", "100.0%", " 5 % ", "0", ".5%", "99.99", "101%",
+                    "150", "-1%", "five", "%", "100.1%",
+                ],
+            ),
+            (
+                BYTE_SIZE_PATTERN,
+                |t| parse_byte_size(t).is_ok(),
+                &[
+                    "512",
+                    "64KiB",
+                    "64 KiB",
+                    "1MiB",
+                    "10MB",
+                    "1.5GB",
+                    "2k",
+                    "1gib",
+                    "8b",
+                    "3 parsecs",
+                    "MiB",
+                    "1KiBB",
+                    "-5",
+                ],
+            ),
+        ];
+        for (pattern, parses, samples) in cases {
+            let regex = regex::Regex::new(pattern).expect("the pattern is a valid regex");
+            for sample in samples {
+                assert_eq!(
+                    regex.is_match(sample),
+                    parses(sample),
+                    "pattern and parser disagree on {sample:?}"
+                );
+            }
+        }
     }
 }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::stats::{self, Proportion, StatsError};
-use super::verdict::{Check, CheckName, CheckOutcome, HARD_CEILING_MIN_REQUESTS};
+use super::verdict::{Check, CheckName, CheckOutcome, LatencyTest, HARD_CEILING_MIN_REQUESTS};
 use super::window::{MatchEvidence, SideEvidence};
 
 pub(super) fn hard_ceiling_check(ceiling: f64, new: &SideEvidence) -> Check {
@@ -81,10 +81,13 @@ pub(super) fn error_check(
 /// Pass when the quantile ratio is within the allowance. Above it, Fail
 /// only if Mann-Whitney says new is slower than old × allowance, so a
 /// noisy p99 (it rests on 1% of the requests) alone never rolls back; a
-/// slow tail with a normal body holds instead.
+/// slow tail with a normal body holds instead. With
+/// `LatencyTest::QuantileRatio` (fleet mode, no samples) the ratio alone
+/// decides.
 pub(super) fn latency_check(
     name: CheckName,
     max_ratio: f64,
+    test: LatencyTest,
     alpha: f64,
     (old_q, new_q): (Option<Duration>, Option<Duration>),
     (old, new): (&SideEvidence, &SideEvidence),
@@ -104,6 +107,13 @@ pub(super) fn latency_check(
     if check.observed <= max_ratio {
         check.outcome = CheckOutcome::Pass;
         check.detail = format!("{new_q:?} against {old_q:?}");
+        return check;
+    }
+    if test == LatencyTest::QuantileRatio {
+        check.outcome = CheckOutcome::Fail;
+        check.detail = format!(
+            "{new_q:?} against {old_q:?}: over the allowed ratio (fleet mode judges the ratio alone, without a rank test)"
+        );
         return check;
     }
     let p_value = stats::mann_whitney_slower(&new.samples, &old.samples, max_ratio);

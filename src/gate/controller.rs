@@ -12,7 +12,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::migration::{Migration, MigrationPlan, MigrationView, Status};
+use tokio::task::JoinSet;
+use tokio::time::MissedTickBehavior;
+
+use super::external::External;
+use super::migration::{Judgement, Migration, MigrationPlan, MigrationView, Status};
+use super::prometheus::PrometheusApi;
 use super::Verdict;
 use crate::metrics::Metrics;
 
@@ -146,44 +151,81 @@ impl Migrations {
     /// Runs every migration's gate on its interval until aborted.
     pub fn spawn_gate(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
+            let prometheus = PrometheusApi::new();
             let mut ticker = tokio::time::interval(TICK);
+            // A round that waited on a slow Prometheus is not made up for
+            // with a burst of rounds.
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
-                self.tick(Instant::now());
+                self.tick(&prometheus).await;
             }
         })
     }
 
-    pub fn tick(&self, now: Instant) {
+    /// One round: every migration whose interval has passed is judged.
+    /// What a gate needs from Prometheus is fetched first, for all of
+    /// them at once and outside their locks; a local gate is judged at
+    /// once. The round ends when the slowest query answered or timed out.
+    pub async fn tick(&self, prometheus: &PrometheusApi) {
         let all: Vec<Arc<Migration>> = self
             .routes
             .lock()
             .map(|r| r.values().cloned().collect())
             .unwrap_or_default();
         let mut changed = false;
+        let mut fetching = JoinSet::new();
         for migration in all {
-            let Some((verdict, view)) = migration.tick(now, unix_now()) else {
+            let Some(query) = migration.due(Instant::now()) else {
                 continue;
             };
-            self.metrics
-                .gate_decisions
-                .with_label_values(&[&view.route, verdict.as_str()])
-                .inc();
-            if verdict != Verdict::Hold {
-                changed = true;
-                let evidence = serde_json::to_string(&view.last_evidence).unwrap_or_default();
-                tracing::warn!(route = %view.route, verdict = verdict.as_str(), stage = %view.stage, status = ?view.status, %evidence, "gate decision");
-                if let Some(plan) = migration.plan() {
-                    if let Some(url) = plan.webhook {
-                        spawn_webhook(url, view.clone(), verdict);
-                    }
-                }
+            if query.is_local() {
+                changed |= self.judge(&migration, External::default());
+            } else {
+                let prometheus = prometheus.clone();
+                fetching.spawn(async move {
+                    let external = query.fetch(&prometheus).await;
+                    (migration, external)
+                });
             }
-            self.publish(&view);
+        }
+        while let Some(fetched) = fetching.join_next().await {
+            match fetched {
+                Ok((migration, external)) => changed |= self.judge(&migration, external),
+                Err(err) => tracing::error!(error = %err, "gate query task failed"),
+            }
         }
         if changed {
             self.persist();
         }
+    }
+
+    /// Judges one migration and reports what it decided. Returns whether
+    /// its stage or status changed.
+    fn judge(&self, migration: &Migration, external: External) -> bool {
+        let Some(judgement) = migration.tick_with(Instant::now(), unix_now(), external) else {
+            return false;
+        };
+        let Judgement { verdict, view, by } = judgement;
+        self.publish(&view);
+        if by == "fleet" {
+            // Another replica decided, counted and announced; this one follows.
+            tracing::info!(route = %view.route, verdict = verdict.as_str(), stage = %view.stage, status = ?view.status, "following the fleet's stage");
+            return true;
+        }
+        self.metrics
+            .gate_decisions
+            .with_label_values(&[&view.route, verdict.as_str()])
+            .inc();
+        if verdict == Verdict::Hold {
+            return false;
+        }
+        let evidence = serde_json::to_string(&view.last_evidence).unwrap_or_default();
+        tracing::warn!(route = %view.route, verdict = verdict.as_str(), stage = %view.stage, status = ?view.status, %evidence, "gate decision");
+        if let Some(url) = migration.plan().and_then(|plan| plan.webhook) {
+            spawn_webhook(url, view, verdict);
+        }
+        true
     }
 
     fn publish(&self, view: &MigrationView) {

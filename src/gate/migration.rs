@@ -3,7 +3,10 @@
 //!
 //! The `MigrationCell` is what requests read (an atomic weight); the rest
 //! sits behind a std Mutex taken for a few instructions per request on
-//! migrating routes, and by the gate once per interval.
+//! migrating routes, and by the gate once per interval (`tick`, which
+//! never holds it across I/O).
+
+mod tick;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -12,9 +15,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    evaluate, Evidence, GateRules, GateState, MatchWindow, SideWindow, StageKind, Verdict,
-};
+use super::business::BusinessCheck;
+use super::{Evidence, GateRules, GateState, MatchWindow, SideWindow};
+
+pub use self::tick::Judgement;
 
 /// How many decisions `GET /api/migrations` shows per route.
 const HISTORY: usize = 20;
@@ -66,6 +70,25 @@ pub struct MigrationPlan {
     /// Statuses that count as failures besides 5xx (e.g. 402 on payments).
     pub failure_statuses: Vec<u16>,
     pub webhook: Option<String>,
+    /// Where the built-in checks read their evidence.
+    pub source: EvidenceSource,
+    /// PromQL checks judged beside the built-in ones, in every stage.
+    pub business_checks: Vec<BusinessCheck>,
+    /// The server of the business checks and of fleet mode; set whenever
+    /// either is used (`config::compile` makes sure).
+    pub prometheus_url: Option<String>,
+}
+
+/// `gate.source`: where the built-in checks get their numbers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EvidenceSource {
+    /// This replica's own windows: exact, with latency samples, but only
+    /// the traffic this replica served.
+    #[default]
+    Local,
+    /// Fleet mode: PromQL over every replica's metrics (`gate::fleet`),
+    /// and the stage kept in step with the other replicas.
+    Prometheus,
 }
 
 /// What a request reads: lock-free.
@@ -122,6 +145,13 @@ struct Runtime {
     matches: MatchWindow,
     gate: GateState,
     last_check: Instant,
+    /// When this replica entered the stage: fleet mode reads evidence
+    /// from here on, up to the window.
+    stage_started: Instant,
+    /// Fleet mode: a person resumed this replica after a rollback, so the
+    /// other replicas' rolled-back stage is not followed until none
+    /// reports one (they were resumed too).
+    ignores_fleet_rollback: bool,
     last: Option<Evidence>,
     history: VecDeque<Decision>,
 }
@@ -183,6 +213,8 @@ impl Migration {
                 matches,
                 gate: GateState::new(),
                 last_check: now,
+                stage_started: now,
+                ignores_fleet_rollback: false,
                 last: None,
                 history: VecDeque::new(),
             }),
@@ -237,9 +269,8 @@ impl Migration {
                     .rposition(|s| s.weight_bp() <= current.weight_bp())
             })
             .unwrap_or(0);
-        let now = Instant::now();
-        (runtime.old, runtime.new, runtime.matches) = windows(&plan, now);
         runtime.plan = plan;
+        reset_evidence(&mut runtime, Instant::now());
         self.publish(&runtime);
     }
 
@@ -268,65 +299,9 @@ impl Migration {
         }
     }
 
-    /// Runs the gate if its interval has passed. Returns the verdict acted upon.
-    pub fn tick(&self, now: Instant, unix: u64) -> Option<(Verdict, MigrationView)> {
-        let mut runtime = self.state.lock().ok()?;
-        if runtime.status != Status::Running
-            || now.duration_since(runtime.last_check) < runtime.plan.interval
-        {
-            return None;
-        }
-        runtime.last_check = now;
-        let stage = runtime.plan.stages.get(runtime.stage).copied()?;
-        let kind = if stage == Stage::Shadow {
-            StageKind::Shadow
-        } else {
-            StageKind::Traffic
-        };
-        let (old, new, matches) = (
-            runtime.old.snapshot(now),
-            runtime.new.snapshot(now),
-            runtime.matches.snapshot(now),
-        );
-        let shadow = (kind == StageKind::Shadow || matches.total > 0).then_some(&matches);
-        let evidence = evaluate(&runtime.plan.rules, kind, &old, &new, shadow);
-        let promote_after = runtime.plan.rules.promote_after;
-        let verdict = runtime.gate.observe(&evidence, promote_after);
-        runtime.last = Some(evidence.clone());
-        match verdict {
-            Verdict::Promote => self.advance(&mut runtime, now),
-            Verdict::Rollback => runtime.status = Status::RolledBack,
-            Verdict::Hold => {}
-        }
-        if verdict != Verdict::Hold {
-            push_history(
-                &mut runtime,
-                unix,
-                stage,
-                verdict.as_str(),
-                "gate",
-                Some(evidence),
-            );
-        }
-        self.publish(&runtime);
-        Some((verdict, self.view_of(&runtime)))
-    }
-
     fn advance(&self, runtime: &mut Runtime, now: Instant) {
-        if runtime.stage + 1 < runtime.plan.stages.len() {
-            runtime.stage += 1;
-        }
-        if runtime
-            .plan
-            .stages
-            .get(runtime.stage)
-            .is_some_and(|s| s.weight_bp() >= 10_000)
-        {
-            runtime.status = Status::Completed;
-        }
-        // Evidence from one stage says little about the next.
-        (runtime.old, runtime.new, runtime.matches) = windows(&runtime.plan, now);
-        runtime.gate = GateState::new();
+        let next = (runtime.stage + 1).min(runtime.plan.stages.len().saturating_sub(1));
+        enter_stage(runtime, next, now);
     }
 
     /// A person's command: promote, pause, resume or rollback.
@@ -345,16 +320,18 @@ impl Migration {
             "promote" => {
                 if runtime.status == Status::RolledBack {
                     runtime.status = Status::Running;
+                    runtime.ignores_fleet_rollback = true;
                 }
                 self.advance(&mut runtime, Instant::now());
             }
             "pause" => runtime.status = Status::Paused,
             "resume" => {
                 // A rolled-back migration resumes at the stage it failed in.
+                if runtime.status == Status::RolledBack {
+                    runtime.ignores_fleet_rollback = true;
+                }
                 runtime.status = Status::Running;
-                (runtime.old, runtime.new, runtime.matches) =
-                    windows(&runtime.plan, Instant::now());
-                runtime.gate = GateState::new();
+                reset_evidence(&mut runtime, Instant::now());
             }
             "rollback" => runtime.status = Status::RolledBack,
             other => {
@@ -397,6 +374,28 @@ impl Migration {
             history: runtime.history.iter().cloned().collect(),
         }
     }
+}
+
+/// Moves to stage `index` (completed at 100%) with fresh evidence.
+fn enter_stage(runtime: &mut Runtime, index: usize, now: Instant) {
+    runtime.stage = index;
+    if runtime
+        .plan
+        .stages
+        .get(runtime.stage)
+        .is_some_and(|s| s.weight_bp() >= 10_000)
+    {
+        runtime.status = Status::Completed;
+    }
+    reset_evidence(runtime, now);
+}
+
+/// Evidence from one stage says little about the next: new windows, a new
+/// run of passes, and fleet mode reads from `now` on.
+fn reset_evidence(runtime: &mut Runtime, now: Instant) {
+    (runtime.old, runtime.new, runtime.matches) = windows(&runtime.plan, now);
+    runtime.gate = GateState::new();
+    runtime.stage_started = now;
 }
 
 fn push_history(

