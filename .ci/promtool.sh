@@ -278,7 +278,7 @@ echo "== promtool check rules"
 "$PROMTOOL" check rules "${RULES[@]}"
 
 echo "== promtool check config"
-"$PROMTOOL" check config deploy/prometheus/prometheus.yml
+"$PROMTOOL" check config deploy/prometheus/prometheus.yml deploy/prometheus/prometheus-compose.yml
 
 echo "== promtool test rules"
 "$PROMTOOL" test rules deploy/prometheus/tests/*.yml

@@ -138,8 +138,8 @@ fn bench_reload(c: &mut Criterion) {
                 table.store(if flip { b.clone() } else { a.clone() });
             })
         });
-        // What the last holder of an old snapshot pays to free it: the
-        // reloader in `reload`, or a request in flight that outlives it.
+        // What freeing a replaced snapshot costs: why `Reloader` keeps one
+        // that requests still hold and frees it itself, off the request path.
         group.bench_function(BenchmarkId::new("free_old_snapshot", n), |bench| {
             bench.iter_batched(
                 || compile(&files, &ctx).expect("compiles").snapshot,

@@ -182,25 +182,27 @@ fn schema() -> Result<(), CliError> {
     use std::io::Write;
     let schema = config::route_file_schema();
     let text = serde_json::to_string_pretty(&schema).expect("a JSON value always serializes");
-    writeln!(std::io::stdout(), "{text}").map_err(|source| CliError::Output {
-        what: "schema",
-        source,
-    })
+    let written = writeln!(std::io::stdout(), "{text}");
+    written.or_else(output_error("schema"))
 }
 
 fn man(dir: Option<&Path>) -> Result<(), CliError> {
-    let output = |source| CliError::Output {
-        what: "man page",
-        source,
-    };
     match dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(output)?;
-            clap_mangen::generate_to(Cli::command(), dir).map_err(output)
-        }
+        Some(dir) => std::fs::create_dir_all(dir)
+            .and_then(|()| clap_mangen::generate_to(Cli::command(), dir))
+            .or_else(output_error("man pages")),
         None => clap_mangen::Man::new(Cli::command())
             .render(&mut std::io::stdout())
-            .map_err(output),
+            .or_else(output_error("man page")),
+    }
+}
+
+/// A write error of a printing command. A closed pipe (`strangler man | head`)
+/// is the reader's choice, not a failure.
+fn output_error(what: &'static str) -> impl Fn(std::io::Error) -> Result<(), CliError> {
+    move |source| match source.kind() {
+        std::io::ErrorKind::BrokenPipe => Ok(()),
+        _ => Err(CliError::Output { what, source }),
     }
 }
 

@@ -1,7 +1,8 @@
 //! `strangler`: a reverse proxy for the strangler-fig migration of a monolith.
 //!
 //! # Layout
-//! - `config`: route files: schema, loading, validation, compilation to a snapshot.
+//! - `config`: route files: schema (and its JSON Schema, for editors), loading,
+//!   validation, compilation to a snapshot.
 //! - `routing`: the compiled route table: matching, weighted and sticky choice.
 //! - `proxy`: the hyper service: forward a request, header hygiene, errors,
 //!   W3C trace context, `Server-Timing`.

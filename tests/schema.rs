@@ -149,20 +149,56 @@ routes:
 #[test]
 fn schema_rejects_wrong_types_and_unknown_keys() {
     let validator = validator();
+    // A file with one backend `a` and one route `r` whose other keys are `body`.
     let route = |body: &str| {
-        format!(
-            "backends: {{ a: {{ url: \"http://127.0.0.1:1\" }} }}\ndefault: a\nroutes:\n  - name: r\n{body}"
-        )
+        let head =
+            "backends: { a: { url: \"http://127.0.0.1:1\" } }\ndefault: a\nroutes:\n  - name: r\n";
+        format!("{head}{body}")
     };
+    let top = str::to_string;
+    // (what is wrong, the file, where the error belongs)
     let cases = [
-        ("a split share that is not a percentage", route("    match: { prefix: / }\n    split: { a: \"lots\" }\n"), "/routes/0/split/a"),
-        ("a match that is a number", route("    match: 3\n    backend: a\n"), "/routes/0/match"),
-        ("a misspelt key", route("    match: { prefix: / }\n    bakend: a\n"), "/routes/0"),
-        ("a duration without a unit", "backends: { a: { url: \"http://x\", timeout: \"5 parsecs\" } }\n".to_string(), "/backends/a/timeout"),
-        ("a share over 100%", route("    match: { prefix: / }\n    migration: { from: a, to: a, stages: [shadow, 150%] }\n"), "/routes/0/migration/stages/1"),
-        ("routes as a map", "routes: { r: { name: r } }\n".to_string(), "/routes"),
-        ("a route without a name", "routes: [ { match: { prefix: / }, backend: a } ]\n".to_string(), "/routes/0"),
-        ("a size with an unknown unit", "server: { max_body: 3 parsecs }\n".to_string(), "/server/max_body"),
+        (
+            "a split share that is not a percentage",
+            route("    match: { prefix: / }\n    split: { a: \"lots\" }\n"),
+            "/routes/0/split/a",
+        ),
+        (
+            "a match that is a number",
+            route("    match: 3\n    backend: a\n"),
+            "/routes/0/match",
+        ),
+        (
+            "a misspelt key",
+            route("    match: { prefix: / }\n    bakend: a\n"),
+            "/routes/0",
+        ),
+        (
+            "a header test that is a list",
+            route("    match: { headers: { x-tenant: [acme] } }\n    backend: a\n"),
+            "/routes/0/match/headers/x-tenant",
+        ),
+        (
+            "a share over 100%",
+            route("    match: { prefix: / }\n    migration: { from: a, to: a, stages: [shadow, 150%] }\n"),
+            "/routes/0/migration/stages/1",
+        ),
+        (
+            "a duration without a unit",
+            top("backends: { a: { url: \"http://x\", timeout: \"5 parsecs\" } }\n"),
+            "/backends/a/timeout",
+        ),
+        (
+            "a size with an unknown unit",
+            top("server: { max_body: 3 parsecs }\n"),
+            "/server/max_body",
+        ),
+        ("routes as a map", top("routes: { r: { name: r } }\n"), "/routes"),
+        (
+            "a route without a name",
+            top("routes: [ { match: { prefix: / }, backend: a } ]\n"),
+            "/routes/0",
+        ),
     ];
     for (what, text, at) in cases {
         let instance = yaml(&text);

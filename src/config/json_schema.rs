@@ -1,7 +1,8 @@
 //! The JSON Schema of route files, for editors and CI: `strangler schema`.
 //!
 //! Generated from the serde types of `schema` (derived `JsonSchema`), with
-//! the scalar types of `values` and `StageSpec` written by hand. The result
+//! the scalar types of `values` and `StageSpec` written by hand and untagged
+//! enums whose variants are disjoint given as `oneOf`. The result
 //! is committed as `docs/routes.schema.json`, which route files name in a
 //! `# yaml-language-server: $schema=` line; `tests/schema.rs` fails when the
 //! two drift apart.
@@ -43,5 +44,14 @@ impl JsonSchema for StageSpec {
                 share
             ]
         })
+    }
+}
+
+/// Turns the `anyOf` schemars derives for an untagged enum into `oneOf`,
+/// for enums whose variants can never both match (a string and a mapping):
+/// it accepts the same files and says so.
+pub(super) fn one_of(schema: &mut Schema) {
+    if let Some(variants) = schema.remove("anyOf") {
+        schema.insert("oneOf".into(), variants);
     }
 }

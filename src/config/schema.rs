@@ -16,12 +16,16 @@ use super::values::{ByteSize, DurationSpec, Percent};
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteFile {
+    /// Listener settings: limits, TLS, `Via`, trusted proxies. One file only.
     #[serde(default)]
     pub server: Option<ServerSpec>,
+    /// Backends by name: the monolith and the services that replace it.
     #[serde(default)]
     pub backends: BTreeMap<String, BackendSpec>,
+    /// The backend for requests that no route matches (required, in one file).
     #[serde(default)]
     pub default: Option<String>,
+    /// The rules; the most specific match wins, declaration order breaks ties.
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
 }
@@ -33,12 +37,19 @@ pub struct ServerSpec {
     pub via: Option<String>,
     /// Default cap on a request body for routes that set no `max_body`.
     pub max_body: Option<ByteSize>,
+    /// A request head must arrive whole within this (default 10s).
     pub header_read_timeout: Option<DurationSpec>,
+    /// Request line plus headers; 431 beyond (default 64KiB, at least 8KiB).
     pub max_header_bytes: Option<ByteSize>,
+    /// Headers per request; 431 beyond (default 100).
     pub max_headers: Option<usize>,
+    /// Open connections per listener; past it, 503 `too_many_connections` (default 10000).
     pub max_connections: Option<usize>,
+    /// A connection silent this long is closed gracefully (default 60s).
     pub keepalive_timeout: Option<DurationSpec>,
+    /// HTTP/2 streams per connection (default 100).
     pub h2_max_concurrent_streams: Option<u32>,
+    /// On SIGTERM: stop accepting, drain this long, exit 0 (default 30s).
     pub shutdown_grace: Option<DurationSpec>,
     /// Adds `Server-Timing: proxy;dur=X, upstream;dur=Y` to every answer.
     pub server_timing: Option<bool>,
@@ -75,6 +86,7 @@ pub struct ServerTlsSpec {
 pub struct CertificateSpec {
     /// The certificate chain, leaf first.
     pub cert: String,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
     pub key: String,
     /// Names this certificate answers; `*.example.com` covers one label.
     #[serde(default)]
@@ -89,6 +101,7 @@ pub struct UpstreamTlsSpec {
     pub ca: Option<String>,
     /// A client certificate (mTLS); needs `key`.
     pub cert: Option<String>,
+    /// The client certificate's private key (PEM).
     pub key: Option<String>,
     /// The name to send as SNI and to verify, instead of the URL's host.
     pub server_name: Option<String>,
@@ -100,32 +113,43 @@ pub struct UpstreamTlsSpec {
 #[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BackendSpec {
+    /// `http://` or `https://` address; a path is put before every forwarded path.
     pub url: String,
     /// Time allowed for the backend's response headers.
     pub timeout: Option<DurationSpec>,
+    /// TCP (and TLS) connect (default 5s).
     pub connect_timeout: Option<DurationSpec>,
     /// Longest silence allowed while a body streams.
     pub idle_timeout: Option<DurationSpec>,
     /// How long an idle pooled connection is kept.
     pub pool_idle_timeout: Option<DurationSpec>,
+    /// Idle pooled connections kept to this backend.
     pub max_idle_connections: Option<usize>,
+    /// Active health checks; a failing backend is skipped like an open circuit.
     pub health: Option<HealthSpec>,
+    /// Circuit breaker (default 5 consecutive failures, open for 10s).
     pub circuit: Option<CircuitSpec>,
+    /// Retries allowed on this backend (default 20%, 10 per second).
     pub retry_budget: Option<RetryBudgetSpec>,
+    /// TLS settings of an `https://` backend.
     pub tls: Option<UpstreamTlsSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HealthSpec {
+    /// Probed with `GET`; a 2xx or 3xx answer is healthy.
     pub path: String,
+    /// Time between probes (default 5s).
     pub interval: Option<DurationSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitSpec {
+    /// Failures in a row that open the circuit (default 5; 0 disables it).
     pub consecutive_failures: Option<u32>,
+    /// How long the circuit stays open before one probe request (default 10s).
     pub open_for: Option<DurationSpec>,
 }
 
@@ -141,27 +165,40 @@ pub struct RetryBudgetSpec {
 #[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSpec {
+    /// Unique across files; `default` is reserved. Labels metrics and logs.
     pub name: String,
+    /// Which requests this route takes: path, prefix, methods, host, headers, query.
     #[serde(rename = "match")]
     pub matcher: MatchSpec,
+    /// Send everything to this backend.
     pub backend: Option<String>,
+    /// Weighted split across backends, in percent (0.01% resolution).
     pub split: Option<BTreeMap<String, Percent>>,
+    /// What keeps a user on one side of a split: a header, a cookie or the client IP.
     pub sticky: Option<StickySpec>,
+    /// When the chosen backend fails, answer from this one.
     pub fallback: Option<String>,
     /// Lets a non-idempotent request fall back after it may have reached
     /// the first backend. Off by default: a POST is sent twice only when the
     /// first backend surely never saw it.
     #[serde(default)]
     pub retry_non_idempotent: bool,
+    /// A request carrying this header may be resent like a GET (default `idempotency-key`).
     pub idempotency_header: Option<String>,
+    /// Change the path forwarded to the backend.
     pub rewrite: Option<RewriteSpec>,
+    /// Header edits on the way to the backend: remove, then set, then add.
     pub request_headers: Option<HeaderOpsSpec>,
+    /// Header edits on the way back to the client: remove, then set, then add.
     pub response_headers: Option<HeaderOpsSpec>,
     /// `backend` sends the backend URL's authority as `Host`; any other
     /// value is sent literally. Absent: the client's `Host` passes through.
     pub host_rewrite: Option<String>,
+    /// Larger request bodies get 413 `body_too_large`.
     pub max_body: Option<ByteSize>,
+    /// Mirror requests to a candidate and compare its answers with the primary's.
     pub shadow: Option<ShadowSpec>,
+    /// A gated migration: stages promoted or rolled back by the metrics.
     pub migration: Option<MigrationSpec>,
 }
 
@@ -172,11 +209,14 @@ pub struct MatchSpec {
     pub path: Option<String>,
     /// Segment-aware prefix: `/api` matches `/api` and `/api/x`, not `/apix`.
     pub prefix: Option<String>,
+    /// Only these methods, e.g. `[GET, HEAD]`.
     pub methods: Option<Vec<String>>,
     /// Exact host, or `*.example.com`.
     pub host: Option<String>,
+    /// Header tests: a string is an exact match; or `{ regex: ... }`, `{ present: true }`.
     #[serde(default)]
     pub headers: BTreeMap<String, ValueMatchSpec>,
+    /// Query parameter tests, on values as sent (not decoded).
     #[serde(default)]
     pub query: BTreeMap<String, ValueMatchSpec>,
 }
@@ -184,6 +224,7 @@ pub struct MatchSpec {
 /// A header or query value test: a plain string is an exact match.
 #[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(untagged)]
+#[schemars(transform = super::json_schema::one_of)]
 pub enum ValueMatchSpec {
     Exact(String),
     Rule(ValueRuleSpec),
@@ -192,15 +233,20 @@ pub enum ValueMatchSpec {
 #[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ValueRuleSpec {
+    /// An anchored regular expression the value must match.
     pub regex: Option<String>,
+    /// Whether the header or parameter must be present (`true`) or absent (`false`).
     pub present: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StickySpec {
+    /// Hash this request header (e.g. `x-user-id`).
     pub header: Option<String>,
+    /// Hash this cookie (e.g. `session`).
     pub cookie: Option<String>,
+    /// Hash the client address (the believed one, behind trusted proxies).
     #[serde(default)]
     pub client_ip: bool,
 }
@@ -217,10 +263,13 @@ pub struct RewriteSpec {
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderOpsSpec {
+    /// Headers appended, keeping any existing value.
     #[serde(default)]
     pub add: BTreeMap<String, String>,
+    /// Headers replaced.
     #[serde(default)]
     pub set: BTreeMap<String, String>,
+    /// Headers removed.
     #[serde(default)]
     pub remove: Vec<String>,
 }
@@ -228,35 +277,51 @@ pub struct HeaderOpsSpec {
 #[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ShadowSpec {
+    /// The candidate that gets a copy of each request.
     pub backend: String,
+    /// Share of requests mirrored, sampled by request id (default 100%).
     pub sample: Option<Percent>,
+    /// Methods mirrored (default GET, HEAD, OPTIONS; list others to opt in).
     pub methods: Option<Vec<String>>,
+    /// Bodies copied for comparison up to this size; larger: outcome `skipped`.
     pub max_body: Option<ByteSize>,
     /// Send the mirror to another path (e.g. a dry-run endpoint).
     pub path: Option<String>,
+    /// With `learn_noise`: a second primary, to learn which fields differ anyway.
     pub secondary: Option<String>,
+    /// Learn noise: fields that differ between the primary and `secondary` are ignored.
     #[serde(default)]
     pub learn_noise: bool,
+    /// How answers are compared.
     pub compare: Option<CompareSpec>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CompareSpec {
+    /// Fields not compared: JSON paths (`$.generated_at`, `$..id`, `$.items[*].etag`) or `header:NAME`.
     #[serde(default)]
     pub ignore: Vec<String>,
+    /// Response headers compared (never date, server or hop-by-hop).
     pub headers: Option<Vec<String>>,
+    /// `strict` (default) or `ignore`: arrays compared as multisets.
     pub array_order: Option<String>,
+    /// Numbers count as equal when they differ by at most this much.
     pub number_tolerance: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MigrationSpec {
+    /// The incumbent backend (usually the monolith).
     pub from: String,
+    /// The new service.
     pub to: String,
+    /// Stages in order, e.g. `[shadow, 1%, 5%, 25%, 50%, 100%]`.
     pub stages: Vec<StageSpec>,
+    /// When to promote, hold or roll back.
     pub gate: Option<GateSpec>,
+    /// Sticky key of the traffic share (default: the route's `sticky`, else per request).
     pub sticky: Option<StickySpec>,
 }
 

@@ -239,7 +239,9 @@ mod tests {
     /// spellings a person writes, and refuse what they refuse.
     #[test]
     fn schema_patterns_agree_with_the_parsers() {
-        let cases: [(&str, fn(&str) -> bool, &[&str]); 3] = [
+        /// A pattern, whether the parser accepts a spelling, and spellings to try.
+        type Case = (&'static str, fn(&str) -> bool, &'static [&'static str]);
+        let cases: [Case; 3] = [
             (
                 DURATION_PATTERN,
                 |t| parse_duration(t).is_ok(),

@@ -111,6 +111,9 @@ pub enum CheckName {
     MatchRate,
     /// Fleet mode could not read the built-in evidence from Prometheus.
     FleetQuery,
+    /// Fleet mode: the hard ceiling on this replica's own window, listed
+    /// only when it fails (a safety net while Prometheus lags or is down).
+    LocalErrorCeiling,
     /// A `gate.checks` entry: a PromQL query and its bounds.
     Business(Arc<str>),
 }
@@ -201,7 +204,7 @@ impl Verdict {
 
 impl CheckName {
     /// The names of the built-in checks, which business checks may not take.
-    pub const BUILT_IN: [&'static str; 7] = [
+    pub const BUILT_IN: [&'static str; 8] = [
         "min_requests",
         "hard_error_ceiling",
         "error_rate",
@@ -209,6 +212,7 @@ impl CheckName {
         "p50_ratio",
         "match_rate",
         "fleet_query",
+        "local_error_ceiling",
     ];
 
     pub fn as_str(&self) -> &str {
@@ -220,6 +224,7 @@ impl CheckName {
             CheckName::P50Ratio => "p50_ratio",
             CheckName::MatchRate => "match_rate",
             CheckName::FleetQuery => "fleet_query",
+            CheckName::LocalErrorCeiling => "local_error_ceiling",
             CheckName::Business(name) => name,
         }
     }

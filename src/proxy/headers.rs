@@ -47,6 +47,14 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// upgrade, `Connection: upgrade` and `Upgrade` are put back: the upgrade
 /// is what the client asked the backend for.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one pass over the names, no hashing, and
+    // nothing to do (19 hashed removals otherwise, on every message).
+    let has_any = headers
+        .keys()
+        .any(|name| name == header::UPGRADE || HOP_BY_HOP.contains(&name));
+    if !has_any {
+        return;
+    }
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();

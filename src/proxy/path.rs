@@ -1,7 +1,8 @@
 //! Path normalisation: the path that is routed is the path that is forwarded.
 //!
 //! Follows RFC 3986 and Envoy's edge defaults: percent-encoded unreserved
-//! characters are decoded, `.` and `..` segments resolved, `//` merged.
+//! characters are decoded, `.` and `..` segments resolved, `//` merged,
+//! and raw non-ASCII (UTF-8) characters percent-encoded, upper case.
 //! Encoded slashes and backslashes, `\`, NUL and invalid or overlong UTF-8
 //! are rejected, because a backend that decodes them differently could see
 //! a path outside the route that was chosen. `;` parameters are kept as
@@ -94,6 +95,17 @@ fn decode_unreserved(raw: &str) -> Result<String, PathError> {
             }
             b'\\' => return Err(PathError::Backslash),
             0..=0x1f | 0x7f => return Err(PathError::ControlCharacter),
+            // Raw UTF-8, which `http` accepts in a path, is written encoded
+            // (`é` as `%C3%A9`): pushing each byte as a `char` turned it into
+            // mojibake, and encoding gives the raw and the encoded spelling
+            // of a character one normal form, so a route matches both or neither.
+            0x80..=0xff => {
+                fully_decoded.push(b);
+                out.push('%');
+                out.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
+                out.push(char::from(b"0123456789ABCDEF"[usize::from(b & 0xf)]));
+                i += 1;
+            }
             _ => {
                 fully_decoded.push(b);
                 out.push(b as char);
@@ -162,6 +174,13 @@ mod tests {
         assert_eq!(normalize("/a%20b").as_deref(), Ok("/a%20b"));
         assert_eq!(normalize("/a/%2e%2e/b").as_deref(), Ok("/b"));
         assert_eq!(normalize("/caf%c3%a9").as_deref(), Ok("/caf%C3%A9"));
+    }
+
+    /// Found by `fuzz/` (path_normalize): raw UTF-8 came out as mojibake.
+    #[test]
+    fn raw_utf8_is_encoded_like_its_escaped_spelling() {
+        assert_eq!(normalize("/café/./x").as_deref(), Ok("/caf%C3%A9/x"));
+        assert_eq!(normalize("/café"), normalize("/caf%c3%a9"));
     }
 
     #[test]

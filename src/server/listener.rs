@@ -112,16 +112,22 @@ pub(crate) async fn serve(
     }
 }
 
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 /// hyper's settings for a connection under `limits`.
 fn http_builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut http1 = builder.http1();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_headers(limits.max_headers)
         // The head must fit in the read buffer: a larger one gets 431.
         .max_buf_size(limits.max_header_bytes);
+    // hyper's own limit is 100 headers; setting it explicitly makes hyper
+    // fill a header array on every parse, so only a different limit is set.
+    if limits.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+        http1.max_headers(limits.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())

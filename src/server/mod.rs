@@ -23,7 +23,7 @@ use self::listener::ClientListener;
 pub use self::settings::{ConnLimits, ServerSettings, ShadowSettings, MIN_HEADER_BYTES};
 use crate::admin::AdminService;
 use crate::config::ConfigErrors;
-use crate::gate::{Migrations, Side};
+use crate::gate::Migrations;
 use crate::metrics::{Metrics, PROXY_LISTENER};
 use crate::proxy::Shared;
 use crate::reload::Reloader;
@@ -204,24 +204,21 @@ fn warn_if_admin_exposed(admin: SocketAddr) {
     }
 }
 
-/// Feeds shadow outcomes of migrating routes to their gate: the match
-/// rate, and the candidate's errors and latency in the shadow stage.
+/// Feeds shadow outcomes of migrating routes to their gate's match rate.
+/// A candidate that fails to answer does not match. Its latency is not
+/// judged here: mirrors run at the shadow pipeline's own concurrency, so
+/// their timing does not compare fairly with the client path; latency is
+/// judged from real traffic in the share stages.
 fn gate_hook(migrations: Arc<Migrations>) -> OutcomeHook {
     Arc::new(
-        move |route: &str, outcome: Outcome, latency: Option<Duration>| {
+        move |route: &str, outcome: Outcome, _latency: Option<Duration>| {
             let Some(migration) = migrations.get(route) else {
                 return;
             };
             match outcome {
-                Outcome::Match | Outcome::Mismatch => {
-                    migration.record_match(outcome == Outcome::Match)
-                }
-                Outcome::Error | Outcome::Dropped | Outcome::Skipped => {}
-            }
-            if migration.cell.is_shadow_stage() {
-                if let Some(latency) = latency {
-                    migration.record(Side::New, outcome == Outcome::Error, latency);
-                }
+                Outcome::Match => migration.record_match(true),
+                Outcome::Mismatch | Outcome::Error => migration.record_match(false),
+                Outcome::Dropped | Outcome::Skipped => {}
             }
         },
     )

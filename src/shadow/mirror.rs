@@ -105,7 +105,29 @@ impl Mirror {
             hook,
             diff_log,
         };
-        tokio::spawn(dispatch(rx, Arc::new(worker), settings.concurrency.max(1)));
+        let concurrency = settings.concurrency.max(1);
+        // Mirrors and comparisons (JSON parsing of both bodies) run on a
+        // thread of their own, so they never take the client path's workers
+        // (with `--workers 1`, the only one). Without that thread, on the
+        // caller's runtime.
+        let dispatcher = dispatch(rx, Arc::new(worker), concurrency);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        match runtime {
+            Ok(runtime) => {
+                let spawned = std::thread::Builder::new()
+                    .name("strangler-shadow".into())
+                    .spawn(move || runtime.block_on(dispatcher));
+                if let Err(err) = spawned {
+                    tracing::warn!(error = %err, "cannot start the shadow thread; shadowing is off");
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "no shadow runtime; mirrors share the proxy's workers");
+                tokio::spawn(dispatcher);
+            }
+        }
         Mirror { tx, metrics, store }
     }
 
@@ -337,7 +359,7 @@ async fn send(
     request
         .headers_mut()
         .insert(&X_STRANGLER_SHADOW, HeaderValue::from_static("1"));
-    let response = upstream.send(request).await.map_err(|err| {
+    let response = upstream.send_mirror(request).await.map_err(|err| {
         tracing::debug!(route = %job.route, error = %err, "shadow request failed");
     })?;
     let (parts, body) = response.into_parts();

@@ -96,6 +96,26 @@ pub fn parse_url(text: &str) -> Result<Uri, UrlError> {
     Ok(uri)
 }
 
+type BackendClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+
+fn build_client(settings: &UpstreamSettings) -> BackendClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(settings.timeouts.connect));
+    // Small answers should not wait for Nagle's algorithm.
+    connector.set_nodelay(true);
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(settings.timeouts.pool_idle)
+        .pool_max_idle_per_host(settings.max_idle_connections)
+        .build(tls::connector(
+            connector,
+            settings.tls.as_deref(),
+            settings.url.scheme() == Some(&Scheme::HTTPS),
+        ))
+}
+
 /// A backend's client and where it lives.
 pub struct Upstream {
     pub name: BackendName,
@@ -105,7 +125,11 @@ pub struct Upstream {
     /// A path in the backend URL (`http://host/base`) is put before every
     /// forwarded path.
     base_path: Box<str>,
-    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    client: BackendClient,
+    /// A pool of its own for mirrored requests: they run on the shadow
+    /// thread, and a connection serves requests on the runtime that opened
+    /// it, so sharing one pool would put client traffic on that thread.
+    mirror_client: BackendClient,
     pub breaker: CircuitBreaker,
     pub budget: RetryBudget,
     /// False while active health checks fail; always true without them.
@@ -135,21 +159,8 @@ impl Upstream {
     }
 
     fn new(name: BackendName, settings: UpstreamSettings, metrics: &Metrics) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.timeouts.connect));
-        // Small answers should not wait for Nagle's algorithm.
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(settings.timeouts.pool_idle)
-            .pool_max_idle_per_host(settings.max_idle_connections)
-            .build(tls::connector(
-                connector,
-                settings.tls.as_deref(),
-                settings.url.scheme() == Some(&Scheme::HTTPS),
-            ));
+        let client = build_client(&settings);
+        let mirror_client = build_client(&settings);
         let url = &settings.url;
         let scheme = url.scheme().cloned().unwrap_or(Scheme::HTTP);
         let authority = url
@@ -172,6 +183,7 @@ impl Upstream {
             authority,
             base_path,
             client,
+            mirror_client,
             settings,
         }
     }
@@ -218,8 +230,24 @@ impl Upstream {
     /// Sends a request whose URI is already absolute (`uri_for`) and waits
     /// for the response headers, at most the backend's response timeout.
     pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
+        self.send_with(&self.client, req).await
+    }
+
+    /// `send` for mirrored requests, on the mirror pool.
+    pub async fn send_mirror(
+        &self,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        self.send_with(&self.mirror_client, req).await
+    }
+
+    async fn send_with(
+        &self,
+        client: &BackendClient,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let after = self.settings.timeouts.response;
-        match tokio::time::timeout(after, self.client.request(req)).await {
+        match tokio::time::timeout(after, client.request(req)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) => Err(UpstreamError::classify(&self.name, err)),
             Err(_) => Err(UpstreamError::Timeout {

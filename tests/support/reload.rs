@@ -19,10 +19,41 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::support::{empty, eventually, HttpClient, Reply, PATIENCE};
+use crate::support::{empty, eventually, routes_file, FakeBackend, HttpClient, Reply, PATIENCE};
 
 /// Pause between two looks at a condition that another task will make true.
 const POLL: Duration = Duration::from_millis(5);
+
+// === Route tables ===
+
+pub const FAILURES: &str = r#"strangler_config_reloads_total{result="failure"}"#;
+pub const SUCCESSES: &str = r#"strangler_config_reloads_total{result="success"}"#;
+
+/// A one-file table: the monolith is the default and `/api/orders` goes to
+/// `target` (`monolith` or `orders`).
+pub fn orders_to(monolith: &FakeBackend, orders: &FakeBackend, target: &str) -> String {
+    routes_file(
+        &[("monolith", &monolith.url()), ("orders", &orders.url())],
+        &format!(
+            "  - name: orders\n    match: {{ prefix: \"/api/orders\" }}\n    backend: {target}\n"
+        ),
+    )
+}
+
+/// `backends.yaml` for the monolith (the default) and `orders`.
+pub fn backends_file(monolith: &FakeBackend, orders: &FakeBackend) -> String {
+    routes_file(
+        &[("monolith", &monolith.url()), ("orders", &orders.url())],
+        "",
+    )
+}
+
+/// A routes file sending `/api/orders` to `orders`, for beside `backends_file`.
+pub const ORDERS_ROUTE: &str = r#"routes:
+  - name: orders
+    match: { prefix: "/api/orders" }
+    backend: orders
+"#;
 
 // === RoutesDir ===
 
@@ -227,6 +258,26 @@ impl ReloadingProxy {
     pub async fn metric(&self, series: &str) -> f64 {
         let reply = self.admin_get("/metrics").await;
         metric_value(reply.text(), series)
+    }
+
+    /// The errors `/api/routes` shows for the last failed reload.
+    pub async fn last_error(&self) -> Vec<String> {
+        let routes = self.routes().await;
+        let errors = routes["last_error"]
+            .as_array()
+            .unwrap_or_else(|| panic!("/api/routes has no last_error: {routes:#}"));
+        errors
+            .iter()
+            .map(|e| e.as_str().expect("an error line").to_string())
+            .collect()
+    }
+
+    /// Waits until a reload has failed since `before` failures were counted.
+    pub async fn until_a_reload_fails(&self, before: f64) {
+        eventually("a reload fails", || async {
+            self.metric(FAILURES).await > before
+        })
+        .await;
     }
 
     /// Waits until the active version differs from `old`, and returns it.
