@@ -207,10 +207,17 @@ fn output_error(what: &'static str) -> impl Fn(std::io::Error) -> Result<(), Cli
 }
 
 fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, CliError> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = workers.filter(|w| *w > 0) {
-        builder.worker_threads(workers);
-    }
+    let mut builder = match workers {
+        // One worker: a single-threaded scheduler, without the work-stealing
+        // machinery and cross-thread wake-ups that one thread cannot use.
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(workers) if workers > 1 => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers);
+            builder
+        }
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
     builder.enable_all().build().map_err(CliError::Runtime)
 }
 

@@ -5,12 +5,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-// mimalloc: the proxy allocates many small, short-lived buffers per
-// request; glibc's allocator was ~19% of instructions in the profile
-// (benches/RESULTS.md has the before/after).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = strangler::cli::Cli::parse();
     match strangler::cli::execute(cli) {

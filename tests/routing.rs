@@ -251,6 +251,34 @@ async fn exact_beats_template_beats_prefix() {
     assert_eq!(who(&proxy, "/api/orders/7/items").await, "prefix");
 }
 
+/// Of two templates that both fit, the one with more literal segments wins,
+/// then the one declared first, even where the radix tree would prefer a
+/// literal segment further left. Found by the `route_match` fuzz target.
+#[tokio::test]
+async fn overlapping_templates_follow_precedence() {
+    let routes = r#"
+  - name: mine
+    match: { path: "/{section}/users/me/profile" }
+    backend: mine
+  - name: by-user
+    match: { path: "/api/users/{id}/profile" }
+    backend: user
+  - name: two-literals
+    match: { path: "/{a}/b/c" }
+    backend: two
+  - name: one-literal
+    match: { path: "/a/{x}/{y}" }
+    backend: one
+"#;
+    let (proxy, _fakes) = proxy_with(&["user", "mine", "two", "one"], routes).await;
+
+    // Three literal segments each: declaration order decides.
+    assert_eq!(who(&proxy, "/api/users/me/profile").await, "mine");
+    assert_eq!(who(&proxy, "/api/users/7/profile").await, "user");
+    assert_eq!(who(&proxy, "/a/b/c").await, "two");
+    assert_eq!(who(&proxy, "/a/b/d").await, "one");
+}
+
 /// Of two prefixes that both match, the longer one wins even when declared later.
 #[tokio::test]
 async fn longer_prefix_wins() {

@@ -36,11 +36,9 @@ fn table() -> &'static Compiled {
             .build()
             .expect("a current-thread runtime builds");
         let _guard = runtime.enter();
-        // Leaked: the snapshot's metric handles refer to it for the
-        // whole run.
-        let metrics = Box::leak(Box::new(Metrics::new()));
+        let metrics = Metrics::new();
         let ctx = CompileContext {
-            metrics,
+            metrics: &metrics,
             previous: None,
             migrations: None,
         };

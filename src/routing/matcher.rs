@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
 
+use super::overlap::ShapeTree;
 use super::RequestView;
 
 /// How a route's path condition matches.
@@ -155,12 +156,15 @@ pub struct RouteIndex {
     exact: HashMap<Box<str>, Vec<usize>>,
     /// Maps a template to its slot in `template_slots`.
     templates: matchit::Router<usize>,
-    template_slots: Vec<Vec<usize>>,
+    /// Per slot, its routes as (precedence rank, route index), most
+    /// specific first. The rank orders routes across slots.
+    template_slots: Vec<Vec<(usize, usize)>>,
     template_keys: HashMap<String, usize>,
-    /// Every template route, most specific first: searched only when the
-    /// radix tree's best template matched the path but not the request's
-    /// other conditions, so that a less specific template can still win.
-    all_templates: Vec<usize>,
+    /// Per slot, the other slots whose templates can match a path that
+    /// this one matches. Empty unless templates overlap, which is rare.
+    template_overlaps: Vec<Vec<usize>>,
+    template_shapes: ShapeTree,
+    template_count: usize,
     prefixes: HashMap<Box<str>, Vec<usize>>,
 }
 
@@ -177,17 +181,26 @@ impl RouteIndex {
             PathMatch::Prefix(p) => self.prefixes.entry(p.clone()).or_default().push(id),
             PathMatch::Template { pattern, .. } => {
                 let key = positional_pattern(pattern);
+                let rank = self.template_count;
                 if let Some(&slot) = self.template_keys.get(&key) {
-                    self.template_slots[slot].push(id);
+                    self.template_slots[slot].push((rank, id));
                 } else {
                     let slot = self.template_slots.len();
                     self.templates
                         .insert(key.clone(), slot)
                         .map_err(|e| format!("path template `{pattern}` conflicts: {e}"))?;
+                    let segments: Vec<&str> = key.split('/').collect();
+                    let mut overlaps = Vec::new();
+                    self.template_shapes.overlapping(&segments, &mut overlaps);
+                    for &other in &overlaps {
+                        self.template_overlaps[other].push(slot);
+                    }
+                    self.template_shapes.insert(&segments, slot);
+                    self.template_overlaps.push(overlaps);
                     self.template_keys.insert(key, slot);
-                    self.template_slots.push(vec![id]);
+                    self.template_slots.push(vec![(rank, id)]);
                 }
-                self.all_templates.push(id);
+                self.template_count += 1;
             }
         }
         Ok(())
@@ -207,16 +220,26 @@ impl RouteIndex {
             }
         }
         if let Ok(found) = self.templates.at(path) {
-            let slot = &self.template_slots[*found.value];
-            if let Some(&id) = slot.iter().find(|&&id| accepts(id)) {
+            let slot = *found.value;
+            // The tree's pick fits the path. A template that overlaps it may
+            // fit too, and rank higher (more literal segments, or declared
+            // first) or take a request the pick's conditions refuse; so the
+            // best accepted route of each is compared by rank.
+            let best_of = |slot: usize, is_fit_known: bool| {
+                self.template_slots[slot].iter().copied().find(|&(_, id)| {
+                    accepts(id) && (is_fit_known || template_matches(template_of(id), path))
+                })
+            };
+            let best = std::iter::once(best_of(slot, true))
+                .chain(
+                    self.template_overlaps[slot]
+                        .iter()
+                        .map(|&o| best_of(o, false)),
+                )
+                .flatten()
+                .min();
+            if let Some((_, id)) = best {
                 return Some((id, params_of(template_of(id), path)));
-            }
-            // The best template fits the path but not the request: try the
-            // rest in specificity order (rare; only with overlapping templates).
-            for &id in &self.all_templates {
-                if accepts(id) && template_matches(template_of(id), path) {
-                    return Some((id, params_of(template_of(id), path)));
-                }
             }
         }
         for prefix in segment_prefixes(path) {

@@ -7,6 +7,7 @@
 mod diff;
 mod explain;
 mod matcher;
+mod overlap;
 mod split;
 mod transform;
 
