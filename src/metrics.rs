@@ -348,6 +348,16 @@ impl RouteMetrics {
         }
     }
 
+    /// Whether these series are for exactly `backends` (ids and names).
+    pub fn reaches_exactly(&self, backends: &[(BackendId, Arc<str>)]) -> bool {
+        self.series.len() == backends.len()
+            && self
+                .series
+                .iter()
+                .zip(backends)
+                .all(|(s, (id, name))| s.backend == *id && s.labels[1] == *name)
+    }
+
     /// Counts a request answered by `to` after `from` failed. Rare, so the
     /// label lookup happens here rather than at compile time.
     pub fn count_fallback(&self, from: &str, to: &str) {

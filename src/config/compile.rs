@@ -125,6 +125,11 @@ pub fn compile(files: &[SourceFile], ctx: &CompileContext) -> Result<Compiled, V
     Ok(Compiled {
         snapshot: Snapshot {
             version,
+            by_name: routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.name.clone(), i))
+                .collect(),
             routes: routes.into_boxed_slice(),
             backends: backends.into_boxed_slice(),
             default_route,
@@ -295,11 +300,11 @@ fn default_route(backend: BackendId, backends: &[Backend], metrics: &Metrics) ->
     let path = PathMatch::Prefix("/".into());
     let conditions = Conditions::default();
     Route {
-        metrics: RouteMetrics::new(
+        metrics: Arc::new(RouteMetrics::new(
             metrics,
             &name,
             &[(backend, backends[backend.0].name.clone())],
-        ),
+        )),
         name,
         declared_at: SourceLocation::default(),
         specificity: Specificity::of(&path, &conditions),

@@ -123,7 +123,8 @@ pub(crate) fn compile_route(
         ctx.metrics.init_gate_series(&name);
     }
     Ok(Route {
-        metrics: RouteMetrics::new(ctx.metrics, &name, &reachable),
+        metrics: reuse_metrics(ctx, &name, &reachable)
+            .unwrap_or_else(|| Arc::new(RouteMetrics::new(ctx.metrics, &name, &reachable))),
         name,
         declared_at,
         specificity: Specificity::of(&path, &conditions),
@@ -154,6 +155,20 @@ fn fingerprint(spec: &RouteSpec) -> u64 {
         .fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
             (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
         })
+}
+
+/// The previous snapshot's series of this route, when it reaches the same
+/// backends under the same ids (most routes, on most reloads).
+fn reuse_metrics(
+    ctx: &CompileContext,
+    name: &str,
+    reachable: &[(BackendId, Arc<str>)],
+) -> Option<Arc<RouteMetrics>> {
+    let previous = ctx.previous?.route(name)?;
+    previous
+        .metrics
+        .reaches_exactly(reachable)
+        .then(|| previous.metrics.clone())
 }
 
 fn reachable_backends(

@@ -139,7 +139,9 @@ pub struct Route {
     /// The plan as this snapshot's files state it; applied to the shared
     /// migration when the snapshot is swapped in.
     pub migration_plan: Option<Box<MigrationPlan>>,
-    pub metrics: RouteMetrics,
+    /// Shared with the previous snapshot's route of the same name when its
+    /// backends are the same: a reload does not re-resolve unchanged series.
+    pub metrics: Arc<RouteMetrics>,
     /// A hash of the route's source entry: equal means unchanged.
     pub fingerprint: u64,
 }
@@ -164,6 +166,8 @@ pub struct Snapshot {
     pub default_route: Route,
     pub server: ServerSettings,
     pub(crate) index: RouteIndex,
+    /// Route positions by name, for reloads and the admin API.
+    pub(crate) by_name: std::collections::HashMap<RouteName, usize>,
 }
 
 /// Where one request goes, and why. `explain` prints this value.
@@ -236,6 +240,6 @@ impl Snapshot {
     }
 
     pub fn route(&self, name: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| &*r.name == name)
+        self.by_name.get(name).map(|&i| &self.routes[i])
     }
 }
