@@ -136,7 +136,8 @@ async fn post_with_body_to_a_refusing_service_reaches_the_fallback_whole() {
     assert_eq!(monolith.uploaded(), 50_000);
 }
 
-/// A backend whose health can be switched, counting the requests it sees.
+/// A backend whose health can be switched, counting the requests it sees
+/// (health checks aside).
 struct Switchable {
     addr: SocketAddr,
     is_failing: Arc<AtomicBool>,
@@ -238,4 +239,35 @@ async fn retry_budget_caps_retries_during_a_full_outage() {
     let retries = metric(proxy.admin_addr, "strangler_retries_total{backend=\"svc\"").await;
     assert!(retries >= 1.0, "some retries happen: {retries}");
     assert!(retries <= 20.0, "retries within 10% of 200: {retries}");
+}
+
+/// A backend failing its active health checks is skipped: its traffic
+/// goes to the fallback and `strangler_backend_up` is 0. When the checks
+/// pass again, traffic returns.
+#[tokio::test]
+async fn failing_health_checks_send_traffic_to_the_fallback() {
+    let monolith = FakeBackend::start("monolith").await;
+    let svc = switchable().await;
+    let proxy = TestProxy::start(&format!(
+        "backends:\n  monolith: {{ url: \"{}\" }}\n  svc: {{ url: \"http://{}\", circuit: {{ consecutive_failures: 0 }}, health: {{ path: /healthz, interval: 50ms }} }}\ndefault: monolith\nroutes:\n  - name: svc\n    match: {{ prefix: /svc }}\n    backend: svc\n    fallback: monolith\n",
+        monolith.url(),
+        svc.addr
+    ))
+    .await;
+    support::eventually("the health check marks svc down", || async {
+        metric(proxy.admin_addr, "strangler_backend_up{backend=\"svc\"}").await == 0.0
+    })
+    .await;
+    assert_eq!(proxy.get("/svc").await.text(), "monolith");
+    assert_eq!(
+        svc.hits.load(Ordering::SeqCst),
+        0,
+        "no client request reached the unhealthy service"
+    );
+    svc.is_failing.store(false, Ordering::SeqCst);
+    support::eventually("the health check marks svc up", || async {
+        metric(proxy.admin_addr, "strangler_backend_up{backend=\"svc\"}").await == 1.0
+    })
+    .await;
+    assert_eq!(proxy.get("/svc").await.text(), "svc");
 }
