@@ -159,8 +159,11 @@ async fn switchable() -> Switchable {
             let (failing, counter) = (failing.clone(), counter.clone());
             tokio::spawn(async move {
                 let service =
-                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
-                        counter.fetch_add(1, Ordering::SeqCst);
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        // Health checks are not traffic: only other requests count.
+                        if req.uri().path() != "/healthz" {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                        }
                         let status = if failing.load(Ordering::SeqCst) {
                             503
                         } else {
