@@ -28,6 +28,19 @@ struct Service {
 }
 
 async fn service(failures_in_ten: usize) -> Service {
+    service_with(failures_in_ten, Failure::Status, Duration::ZERO).await
+}
+
+/// How a failing answer fails.
+#[derive(Clone, Copy)]
+enum Failure {
+    /// 500.
+    Status,
+    /// 200 with `{"status":"failed"}`.
+    Body,
+}
+
+async fn service_with(failures_in_ten: usize, failure: Failure, delay: Duration) -> Service {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind loopback");
@@ -41,11 +54,17 @@ async fn service(failures_in_ten: usize) -> Service {
                 let svc =
                     hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
                         let n = counter.fetch_add(1, Ordering::SeqCst);
-                        let status = if n % 10 < failures_in_ten { 500 } else { 200 };
+                        let fails = n % 10 < failures_in_ten;
+                        let (status, body): (u16, &'static [u8]) = match (fails, failure) {
+                            (true, Failure::Status) => (500, b"{\"id\":7,\"total\":12.5}"),
+                            (true, Failure::Body) => (200, b"{\"id\":7,\"status\":\"failed\"}"),
+                            (false, _) => (200, b"{\"id\":7,\"total\":12.5}"),
+                        };
                         async move {
-                            let mut response = Response::new(Full::new(Bytes::from_static(
-                                b"{\"id\":7,\"total\":12.5}",
-                            )));
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                            let mut response = Response::new(Full::new(Bytes::from_static(body)));
                             *response.status_mut() = StatusCode::from_u16(status).expect("status");
                             response
                                 .headers_mut()
@@ -272,5 +291,51 @@ async fn operators_drive_it_and_the_stage_survives_restart_and_reload() {
         metrics.contains("strangler_migration_stage{route=\"orders\"} -1"),
         "{metrics}"
     );
+    proxy.stop().await;
+}
+
+/// A service answering 200 with `{"status":"failed"}` to 30% of requests
+/// is rolled back when the route says that field is a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_reported_in_the_body_roll_back() {
+    let (monolith, new) = (
+        service(0).await,
+        service_with(3, Failure::Body, Duration::ZERO).await,
+    );
+    let yaml = routes(&monolith, &new, "[50%, 100%]", 20).replace(
+        "min_match_rate: 95% }",
+        "min_match_rate: 95%, failure_fields: [{ field: \"$.status\", equals: failed }] }",
+    );
+    let (_dir, routes_dir, state_dir) = dirs(&yaml);
+    let proxy = Proxy::start(&routes_dir, &state_dir).await;
+    let view = proxy
+        .drive_until(20_000, |v| v["status"] != "running")
+        .await;
+    assert_eq!(view["status"], "rolled_back", "{view:#}");
+    let metrics = HttpClient::http1(proxy.admin)
+        .get("/metrics")
+        .await
+        .text()
+        .to_string();
+    let failures: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("strangler_request_failures_total") && l.contains("new-svc"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(failures > 0.0, "body failures are counted: {metrics}");
+    proxy.stop().await;
+}
+
+/// A service ten times slower than the monolith is never promoted: the
+/// gate rolls it back (or holds), by the p99 ratio and Mann-Whitney test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_much_slower_service_is_not_promoted() {
+    let monolith = service(0).await;
+    let new = service_with(0, Failure::Status, Duration::from_millis(20)).await;
+    let (_dir, routes_dir, state_dir) = dirs(&routes(&monolith, &new, "[50%, 100%]", 20));
+    let proxy = Proxy::start(&routes_dir, &state_dir).await;
+    let view = proxy.drive_until(3_000, |v| v["status"] != "running").await;
+    assert_ne!(view["status"], "completed", "{view:#}");
+    assert_eq!(view["stage"], "50%");
     proxy.stop().await;
 }

@@ -322,6 +322,7 @@ fn default_route(backend: BackendId, backends: &[Backend], metrics: &Metrics) ->
         shadow: None,
         is_shadow_stage_only: false,
         migration: None,
+        failure_fields: Default::default(),
         migration_plan: None,
         fingerprint: 0,
     }

@@ -108,6 +108,7 @@ pub(crate) fn compile_route(
         Some(Target::Migration(m)) => Some(m.from),
         _ => None,
     });
+    let failure_fields = failure_fields(spec, &mut problems);
     let (Some(path), Some(target)) = (path, target) else {
         return Err(problems.errors);
     };
@@ -141,6 +142,7 @@ pub(crate) fn compile_route(
         max_body_bytes: spec.max_body.map(|b| b.0),
         shadow,
         is_shadow_stage_only,
+        failure_fields,
         migration_plan: migration.as_ref().and_then(|m| m.1.clone()),
         migration: migration.map(|m| m.0),
         fingerprint: fingerprint(spec),
@@ -155,6 +157,37 @@ fn fingerprint(spec: &RouteSpec) -> u64 {
         .fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
             (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
         })
+}
+
+/// The migration's `failure_fields`, compiled.
+fn failure_fields(
+    spec: &RouteSpec,
+    problems: &mut Problems,
+) -> crate::gate::failure::FailureFields {
+    let specs = spec
+        .migration
+        .as_ref()
+        .and_then(|m| m.gate.as_ref())
+        .map(|g| g.failure_fields.as_slice())
+        .unwrap_or(&[]);
+    specs
+        .iter()
+        .filter_map(
+            |f| match crate::shadow::fieldpath::FieldPattern::parse(&f.field) {
+                Ok(pattern) => Some(crate::gate::failure::FailureField {
+                    pattern,
+                    equals: f.equals.clone(),
+                }),
+                Err(err) => {
+                    problems.at(
+                        "migration.gate.failure_fields",
+                        format!("bad field path `{}`: {err}", f.field),
+                    );
+                    None
+                }
+            },
+        )
+        .collect()
 }
 
 /// The previous snapshot's series of this route, when it reaches the same

@@ -335,6 +335,15 @@ pub enum StageSpec {
     Named(String),
 }
 
+/// An answer fails when a field at `field` (a path such as `$.status` or
+/// `$.items[*].state`) equals `equals`.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FailureFieldSpec {
+    pub field: String,
+    pub equals: serde_json::Value,
+}
+
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct GateSpec {
@@ -350,6 +359,10 @@ pub struct GateSpec {
     pub confidence: Option<Percent>,
     #[serde(default)]
     pub failure_statuses: Vec<u16>,
+    /// JSON answers that count as failures, e.g. a payment that says
+    /// `{"status": "failed"}` with a 200.
+    #[serde(default)]
+    pub failure_fields: Vec<FailureFieldSpec>,
     /// `local` (default): this replica's own windows. `prometheus`: fleet
     /// mode, the same checks over every replica's metrics.
     pub source: Option<String>,

@@ -14,6 +14,7 @@ mod business;
 mod checks;
 mod controller;
 mod external;
+pub mod failure;
 pub mod fleet;
 pub mod migration;
 pub mod prometheus;

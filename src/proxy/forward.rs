@@ -13,11 +13,12 @@ use hyper::body::Incoming;
 use super::headers::{self, ForwardedFor};
 use super::{attempt, timing, upgrade, ProxyError, RequestCtx};
 use crate::body::{boxed, IdleTimeoutBody, LimitedBody, ProxyBody};
+use crate::gate::failure::{body_fails, FAILURE_BODY_CAP};
 use crate::gate::Side;
 use crate::routing::{
     bucket_of, BackendId, Decision, HostRewrite, Route, Snapshot, Target, BUCKETS,
 };
-use crate::shadow::{Mirror, PrimaryAnswer, RequestBody, ShadowJob, ShadowPolicy, TeeBody};
+use crate::shadow::{Copied, Mirror, PrimaryAnswer, RequestBody, ShadowJob, ShadowPolicy, TeeBody};
 
 /// The upstream request line and headers, kept so a fallback can resend them.
 pub(super) struct UpstreamHead {
@@ -306,7 +307,8 @@ fn finish(
             Some(migration) => migration.is_failure(status),
             None => status >= 500,
         };
-    if let Some(series) = route.metrics.series(backend) {
+    let series = route.metrics.series(backend);
+    if let Some(series) = series {
         series.count_request(method, status);
         series.duration.observe(elapsed.as_secs_f64());
         if is_failure {
@@ -319,7 +321,32 @@ fn finish(
         } else {
             Side::Old
         };
-        migration.record(side, is_failure, elapsed);
+        if is_failure || route.failure_fields.is_empty() || !is_json(&response) {
+            migration.record(side, is_failure, elapsed);
+        } else {
+            // The answer's content decides: judge it once it has streamed
+            // to the client (a bounded copy), off the client's path.
+            let (parts, body) = response.into_parts();
+            let (tee, copied) = TeeBody::new(body, FAILURE_BODY_CAP);
+            let encoding = parts
+                .headers
+                .get(http::header::CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let (fields, migration) = (route.failure_fields.clone(), migration.clone());
+            let failures = series.map(|s| s.failures.clone());
+            tokio::spawn(async move {
+                let fails = match copied.await {
+                    Ok(Copied::Complete(bytes)) => body_fails(&fields, &bytes, encoding.as_deref()),
+                    _ => false,
+                };
+                if let (true, Some(failures)) = (fails, failures) {
+                    failures.inc();
+                }
+                migration.record(side, fails, elapsed);
+            });
+            response = Response::from_parts(parts, boxed(tee));
+        }
     }
     tracing::info!(
         target: "access",
@@ -335,6 +362,14 @@ fn finish(
         error = error.as_deref(),
     );
     response
+}
+
+fn is_json(response: &Response<ProxyBody>) -> bool {
+    response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json") || t.contains("+json"))
 }
 
 /// Counts the request in `strangler_inflight_requests` while it lives.

@@ -136,6 +136,8 @@ pub struct Route {
     /// The shadow policy applies only while the migration is in its shadow stage.
     pub is_shadow_stage_only: bool,
     pub migration: Option<Arc<Migration>>,
+    /// JSON answers that count as failures (the migration's `failure_fields`).
+    pub failure_fields: crate::gate::failure::FailureFields,
     /// The plan as this snapshot's files state it; applied to the shared
     /// migration when the snapshot is swapped in.
     pub migration_plan: Option<Box<MigrationPlan>>,
