@@ -59,6 +59,9 @@ pub struct Reloader {
     /// the last request to finish with it only drops a count and a later
     /// reload frees it, off the request path. Locked only inside `reload`.
     retired: Mutex<Vec<Arc<Snapshot>>>,
+    /// Parsed route files, so a reload parses only the files that changed.
+    /// Locked only inside `reload` (and `start`).
+    parsed: Mutex<config::ParseCache>,
 }
 
 impl Reloader {
@@ -73,7 +76,8 @@ impl Reloader {
             previous: None,
             migrations: Some(&migrations),
         };
-        let compiled = config::load(&dir, &ctx)?;
+        let mut parsed = config::ParseCache::default();
+        let compiled = config::load_cached(&dir, &ctx, &mut parsed)?;
         for warning in &compiled.warnings {
             tracing::warn!("{warning}");
         }
@@ -92,6 +96,7 @@ impl Reloader {
                 last_error: None,
             }),
             retired: Mutex::new(Vec::new()),
+            parsed: Mutex::new(parsed),
         })
     }
 
@@ -122,7 +127,11 @@ impl Reloader {
             previous: Some(&old),
             migrations: Some(&self.migrations),
         };
-        let compiled = match config::load(&self.dir, &ctx) {
+        let loaded = match self.parsed.lock() {
+            Ok(mut parsed) => config::load_cached(&self.dir, &ctx, &mut parsed),
+            Err(_) => config::load(&self.dir, &ctx),
+        };
+        let compiled = match loaded {
             Ok(compiled) => compiled,
             Err(errors) => {
                 let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();

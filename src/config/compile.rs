@@ -58,6 +58,15 @@ impl BackendTable {
 }
 
 pub fn compile(files: &[SourceFile], ctx: &CompileContext) -> Result<Compiled, Vec<ConfigError>> {
+    let files: Vec<&SourceFile> = files.iter().collect();
+    compile_refs(&files, ctx)
+}
+
+/// `compile` over borrowed files (e.g. parsed files a reload kept).
+pub fn compile_refs(
+    files: &[&SourceFile],
+    ctx: &CompileContext,
+) -> Result<Compiled, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let (backends, table) = compile_backends(files, ctx, &mut errors);
     let server = compile_server(files, &mut errors);
@@ -141,7 +150,7 @@ pub fn compile(files: &[SourceFile], ctx: &CompileContext) -> Result<Compiled, V
 }
 
 fn compile_backends(
-    files: &[SourceFile],
+    files: &[&SourceFile],
     ctx: &CompileContext,
     errors: &mut Vec<ConfigError>,
 ) -> (Vec<Backend>, BackendTable) {
@@ -252,7 +261,7 @@ fn reuse_upstream(
 }
 
 fn resolve_default(
-    files: &[SourceFile],
+    files: &[&SourceFile],
     table: &BackendTable,
     errors: &mut Vec<ConfigError>,
 ) -> Option<BackendId> {
@@ -424,7 +433,7 @@ fn strip_param_names(pattern: &str) -> String {
 /// same version on every replica.
 /// `tls_fingerprint` stands for the certificate files, so that a changed
 /// certificate is a new version.
-fn version_of(files: &[SourceFile], tls_fingerprint: u64) -> Arc<str> {
+fn version_of(files: &[&SourceFile], tls_fingerprint: u64) -> Arc<str> {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ tls_fingerprint;
     for file in files {
         let name = file

@@ -141,3 +141,65 @@ fn explain_serde_message(message: &str) -> String {
     }
     message.to_string()
 }
+
+/// Parsed files kept between reloads: a file whose text did not change is
+/// not parsed again (its YAML is read twice, for values and positions,
+/// which dominates a reload of a large table).
+#[derive(Default)]
+pub struct ParseCache {
+    files: std::collections::HashMap<PathBuf, Arc<SourceFile>>,
+}
+
+/// `load_dir`, reusing the cached parse of every unchanged file.
+pub fn load_dir_cached(
+    dir: &Path,
+    cache: &mut ParseCache,
+) -> Result<Vec<Arc<SourceFile>>, Vec<ConfigError>> {
+    let paths = route_file_paths(dir).map_err(|e| vec![e])?;
+    if paths.is_empty() {
+        return load_dir(dir).map(|files| files.into_iter().map(Arc::new).collect());
+    }
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        let display: Arc<str> = path.display().to_string().into();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(err) => {
+                errors.push(ConfigError {
+                    file: display,
+                    line: 0,
+                    column: 0,
+                    message: format!("cannot read file: {err}"),
+                });
+                continue;
+            }
+        };
+        if let Some(cached) = cache.files.get(&path).filter(|cached| cached.text == text) {
+            files.push(cached.clone());
+            continue;
+        }
+        match parse(display.clone(), &text) {
+            Ok(content) => {
+                let file = Arc::new(SourceFile {
+                    display,
+                    path: path.clone(),
+                    marks: Marks::index(&text),
+                    text,
+                    content,
+                });
+                cache.files.insert(path, file.clone());
+                files.push(file);
+            }
+            Err(err) => errors.push(err),
+        }
+    }
+    cache
+        .files
+        .retain(|path, _| files.iter().any(|f| &f.path == path));
+    if errors.is_empty() {
+        Ok(files)
+    } else {
+        Err(errors)
+    }
+}

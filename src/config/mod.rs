@@ -18,15 +18,26 @@ pub mod values;
 
 use std::path::Path;
 
-pub use self::compile::{compile, CompileContext, Compiled};
+pub use self::compile::{compile, compile_refs, CompileContext, Compiled};
 pub use self::error::{did_you_mean, ConfigError, ConfigErrors};
 pub use self::json_schema::route_file_schema;
-pub use self::load::{load_dir, route_file_paths, SourceFile};
+pub use self::load::{load_dir, load_dir_cached, route_file_paths, ParseCache, SourceFile};
 
 /// Reads, validates and compiles the routes directory `dir`.
 pub fn load(dir: &Path, ctx: &CompileContext) -> Result<Compiled, ConfigErrors> {
     let files = load_dir(dir).map_err(ConfigErrors)?;
     compile(&files, ctx).map_err(ConfigErrors)
+}
+
+/// `load`, parsing only the files that changed since `cache` saw them.
+pub fn load_cached(
+    dir: &Path,
+    ctx: &CompileContext,
+    cache: &mut ParseCache,
+) -> Result<Compiled, ConfigErrors> {
+    let files = load_dir_cached(dir, cache).map_err(ConfigErrors)?;
+    let refs: Vec<&SourceFile> = files.iter().map(|f| &**f).collect();
+    compile_refs(&refs, ctx).map_err(ConfigErrors)
 }
 
 /// Parses and compiles one route file held in memory, as `load` does for a

@@ -16,7 +16,7 @@ use crate::tls::{CertField, CertificateFiles, Certificates};
 use crate::upstream::{UpstreamTls, UpstreamTlsField, UpstreamTlsFiles};
 
 pub(crate) fn compile_server(
-    files: &[SourceFile],
+    files: &[&SourceFile],
     errors: &mut Vec<ConfigError>,
 ) -> ServerSettings {
     let mut found: Option<(&SourceFile, &ServerSpec)> = None;
