@@ -97,7 +97,10 @@ fn check_bounds(result: &Comparison) {
     assert!(result.differences.len() <= MAX_REPORTED_DIFFERENCES);
     assert!(result.total_differences >= result.differences.len());
     for difference in &result.differences {
-        for side in [&difference.primary, &difference.candidate].into_iter().flatten() {
+        for side in [&difference.primary, &difference.candidate]
+            .into_iter()
+            .flatten()
+        {
             // The cut adds one `…`.
             assert!(side.chars().count() <= MAX_RENDERED_CHARS + 1);
         }
