@@ -14,6 +14,7 @@ mod route;
 pub mod schema;
 mod server;
 mod traffic;
+mod transform;
 pub mod values;
 
 use std::path::Path;

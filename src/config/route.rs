@@ -9,13 +9,14 @@ use regex::Regex;
 use super::compile::{BackendTable, CompileContext};
 use super::error::ConfigError;
 use super::load::SourceFile;
-use super::schema::{HeaderOpsSpec, MatchSpec, RouteSpec, StickySpec, ValueMatchSpec};
+use super::schema::{MatchSpec, RouteSpec, StickySpec, ValueMatchSpec};
 use super::traffic::{compile_migration, compile_shadow};
+use super::transform::{compile_header_ops, compile_rewrite};
 use crate::gate::{Migration, MigrationPlan};
 use crate::metrics::RouteMetrics;
 use crate::routing::{
-    Backend, BackendId, Conditions, HeaderOps, HostMatch, HostRewrite, PathMatch, Rewrite, Route,
-    SourceLocation, Specificity, Split, StickyKey, Target, ValueMatch, BUCKETS,
+    Backend, BackendId, Conditions, HostMatch, HostRewrite, PathMatch, Route, SourceLocation,
+    Specificity, Split, StickyKey, Target, ValueMatch, BUCKETS,
 };
 use crate::shadow::ShadowPolicy;
 
@@ -355,7 +356,7 @@ fn compile_conditions(spec: &MatchSpec, problems: &mut Problems) -> Conditions {
     }
 }
 
-fn header_name(name: &str, key: &str, problems: &mut Problems) -> Option<HeaderName> {
+pub(crate) fn header_name(name: &str, key: &str, problems: &mut Problems) -> Option<HeaderName> {
     HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
         .map_err(|_| problems.at(key, format!("`{name}` is not a valid header name")))
         .ok()
@@ -502,91 +503,4 @@ fn sticky_key(spec: &StickySpec, problems: &mut Problems) -> Option<StickyKey> {
             None
         }
     }
-}
-
-fn compile_rewrite(
-    spec: &RouteSpec,
-    path: &Option<PathMatch>,
-    problems: &mut Problems,
-) -> Option<Rewrite> {
-    let rewrite = spec.rewrite.as_ref()?;
-    match (&rewrite.prefix, &rewrite.path, path) {
-        (Some(to), None, Some(PathMatch::Prefix(from))) => Some(Rewrite::Prefix {
-            from: if &**from == "/" {
-                "".into()
-            } else {
-                from.clone()
-            },
-            to: to.as_str().into(),
-        }),
-        (Some(_), None, _) => {
-            problems.at("rewrite.prefix", "a prefix rewrite needs `match.prefix`");
-            None
-        }
-        (None, Some(template), _) => {
-            let known = match path {
-                Some(PathMatch::Template { pattern, .. }) => pattern.to_string(),
-                _ => String::new(),
-            };
-            let missing = template
-                .split('{')
-                .skip(1)
-                .filter_map(|p| {
-                    p.split_once('}')
-                        .map(|(name, _)| name.trim_start_matches('*'))
-                })
-                .find(|name| {
-                    !known.contains(&format!("{{{name}}}"))
-                        && !known.contains(&format!("{{*{name}}}"))
-                });
-            if !template.starts_with('/') {
-                problems.at("rewrite.path", "must start with `/`");
-                None
-            } else if let Some(name) = missing {
-                problems.at(
-                    "rewrite.path",
-                    format!("uses `{{{name}}}`, which `match.path` does not define"),
-                );
-                None
-            } else {
-                Some(Rewrite::Template(template.as_str().into()))
-            }
-        }
-        _ => {
-            problems.at("rewrite", "set either `prefix` or `path`");
-            None
-        }
-    }
-}
-
-fn compile_header_ops(
-    spec: Option<&HeaderOpsSpec>,
-    key: &str,
-    problems: &mut Problems,
-) -> HeaderOps {
-    let Some(spec) = spec else {
-        return HeaderOps::default();
-    };
-    let mut pairs = |map: &BTreeMap<String, String>,
-                     op: &str|
-     -> Box<[(HeaderName, HeaderValue)]> {
-        map.iter()
-            .filter_map(|(name, value)| {
-                let at = format!("{key}.{op}.{name}");
-                let name = header_name(name, &at, problems)?;
-                let value = HeaderValue::from_str(value)
-                    .map_err(|_| problems.at(&at, format!("`{value}` is not a valid header value")))
-                    .ok()?;
-                Some((name, value))
-            })
-            .collect()
-    };
-    let set = pairs(&spec.set, "set");
-    let add = pairs(&spec.add, "add");
-    let remove = spec
-        .remove
-        .iter()
-        .filter_map(|name| header_name(name, &format!("{key}.remove"), problems))
-        .collect();
-    HeaderOps { remove, set, add }
 }
