@@ -25,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod gate;
+pub mod hash;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

@@ -86,14 +86,8 @@ pub(crate) fn read_file(
         path: path.to_path_buf(),
         source,
     })?;
-    for &byte in path
-        .as_os_str()
-        .as_encoded_bytes()
-        .iter()
-        .chain(&[0])
-        .chain(&bytes)
-    {
-        *hash = (*hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+    for part in [path.as_os_str().as_encoded_bytes(), &[0], &bytes] {
+        *hash = crate::hash::fnv1a(*hash, part);
     }
     seen.push((path.to_path_buf(), stamp));
     Ok(bytes)
@@ -188,7 +182,7 @@ impl Certificates {
         entries: &[CertificateFiles],
     ) -> Result<Certificates, (usize, CertField, TlsError)> {
         let mut files = Vec::new();
-        let mut hash = 0xcbf2_9ce4_8422_2325;
+        let mut hash = crate::hash::FNV_OFFSET;
         let mut keys = Vec::new();
         let mut names: Vec<(Box<str>, usize)> = Vec::new();
         for (index, entry) in entries.iter().enumerate() {

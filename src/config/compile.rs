@@ -434,15 +434,15 @@ fn strip_param_names(pattern: &str) -> String {
 /// `tls_fingerprint` stands for the certificate files, so that a changed
 /// certificate is a new version.
 fn version_of(files: &[&SourceFile], tls_fingerprint: u64) -> Arc<str> {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ tls_fingerprint;
+    let mut hash: u64 = crate::hash::FNV_OFFSET ^ tls_fingerprint;
     for file in files {
         let name = file
             .path
             .file_name()
             .map(|n| n.to_string_lossy())
             .unwrap_or_default();
-        for byte in name.bytes().chain([0]).chain(file.text.bytes()).chain([0]) {
-            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        for part in [name.as_bytes(), &[0], file.text.as_bytes(), &[0]] {
+            hash = crate::hash::fnv1a(hash, part);
         }
     }
     format!("{:012x}", hash >> 16).into()

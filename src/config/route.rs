@@ -101,7 +101,7 @@ pub(crate) fn compile_route(
     let explicit_shadow = spec
         .shadow
         .as_ref()
-        .and_then(|s| compile_shadow(s, backends, &mut problems));
+        .and_then(|s| compile_shadow(&spec.name, s, backends, &mut problems));
     let is_shadow_stage_only = explicit_shadow.is_none() && migration_shadow.is_some();
     let shadow = explicit_shadow.or(migration_shadow).map(Arc::new);
     // A migration keeps its `from` as the fallback unless told otherwise.
@@ -153,11 +153,7 @@ pub(crate) fn compile_route(
 /// A stable hash of the route's parsed entry (so comments and formatting
 /// do not count as a change).
 fn fingerprint(spec: &RouteSpec) -> u64 {
-    format!("{spec:?}")
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
+    crate::hash::fnv1a(crate::hash::FNV_OFFSET, format!("{spec:?}").as_bytes())
 }
 
 /// The migration's `failure_fields`, compiled.

@@ -20,6 +20,7 @@ use crate::shadow::fieldpath::FieldPattern;
 use crate::shadow::policy::{ShadowPolicy, DEFAULT_MAX_BODY};
 
 pub(crate) fn compile_shadow(
+    route: &str,
     spec: &ShadowSpec,
     backends: &BackendTable,
     problems: &mut Problems,
@@ -64,6 +65,7 @@ pub(crate) fn compile_shadow(
     Some(ShadowPolicy {
         backend: backend?,
         sample_bp: spec.sample.map_or(10_000, |p| p.basis_points()),
+        salt: crate::routing::salt_of(route),
         methods,
         max_body_bytes: spec.max_body.map_or(DEFAULT_MAX_BODY, |b| b.0 as usize),
         path,
@@ -314,6 +316,7 @@ pub(crate) fn compile_migration(
     let shadow = ShadowPolicy {
         backend: to,
         sample_bp: 10_000,
+        salt: crate::routing::salt_of(route),
         methods: ShadowPolicy::default_methods(),
         max_body_bytes: DEFAULT_MAX_BODY,
         path: None,

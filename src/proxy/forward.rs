@@ -69,8 +69,7 @@ pub(crate) async fn forward(
         Some(limit) => boxed(LimitedBody::new(body, limit)),
         None => boxed(body),
     };
-    let shadow =
-        shadow_policy(snapshot, route, &parts.method, &ctx.request_id).filter(|_| !head.is_upgrade);
+    let shadow = shadow_policy(route, &parts.method, &ctx.request_id).filter(|_| !head.is_upgrade);
     let (body, request_copy) = match (shadow, is_bodiless) {
         (Some(policy), false) => {
             let (tee, copied) = TeeBody::new(body, policy.max_body_bytes);
@@ -108,12 +107,10 @@ pub(crate) async fn forward(
 
 /// The route's shadow policy, when this request is to be mirrored.
 fn shadow_policy<'s>(
-    snapshot: &Snapshot,
     route: &'s Route,
     method: &Method,
     request_id: &HeaderValue,
 ) -> Option<&'s ShadowPolicy> {
-    let _ = snapshot;
     let policy = route.shadow.as_deref()?;
     if route.is_shadow_stage_only
         && !route
@@ -128,7 +125,7 @@ fn shadow_policy<'s>(
     }
     // Sampling by request id: a retried request (same id) is sampled alike.
     let is_sampled = policy.sample_bp >= BUCKETS
-        || bucket_of(route.metrics_salt(), request_id.as_bytes()) < policy.sample_bp;
+        || bucket_of(policy.salt, request_id.as_bytes()) < policy.sample_bp;
     is_sampled.then_some(policy)
 }
 

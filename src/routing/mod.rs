@@ -182,13 +182,6 @@ pub struct Decision<'s> {
     pub bucket: Option<u32>,
 }
 
-impl Route {
-    /// The hash salt of this route (for sampling decisions).
-    pub fn metrics_salt(&self) -> u64 {
-        salt_of(&self.name)
-    }
-}
-
 impl Snapshot {
     /// The route for this request (most specific wins), and its backend.
     pub fn select(&self, req: &RequestView) -> Decision<'_> {

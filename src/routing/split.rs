@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use http::{header::COOKIE, HeaderMap, HeaderName};
 
 use super::BackendId;
+use crate::hash::{fnv1a, FNV_OFFSET};
 
 pub const BUCKETS: u32 = 10_000;
 
@@ -87,7 +88,7 @@ impl Split {
 
 /// The salt of a route's hash, from its name.
 pub fn salt_of(route: &str) -> u64 {
-    fnv1a(0xcbf2_9ce4_8422_2325, route.as_bytes())
+    fnv1a(FNV_OFFSET, route.as_bytes())
 }
 
 /// A request's bucket: the hash of its sticky key, or random without one.
@@ -121,12 +122,6 @@ pub fn bucket_of(salt: u64, key: &[u8]) -> u32 {
     // Mix the high bits down: FNV's low bits are weak for short keys.
     let mixed = hash ^ (hash >> 32);
     (mixed % u64::from(BUCKETS)) as u32
-}
-
-fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(seed, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {

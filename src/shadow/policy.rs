@@ -15,6 +15,8 @@ pub struct ShadowPolicy {
     pub backend: BackendId,
     /// Share of requests mirrored, in basis points (10,000 = all).
     pub sample_bp: u32,
+    /// The route's hash salt for sampling, computed once at compile time.
+    pub salt: u64,
     /// Only these are mirrored; GET, HEAD and OPTIONS unless the route lists others.
     pub methods: Box<[Method]>,
     pub max_body_bytes: usize,

@@ -74,7 +74,7 @@ impl UpstreamTls {
     #[allow(clippy::result_large_err)]
     pub fn load(files: UpstreamTlsFiles) -> Result<UpstreamTls, (UpstreamTlsField, TlsError)> {
         let mut seen = Vec::new();
-        let mut fingerprint = 0xcbf2_9ce4_8422_2325;
+        let mut fingerprint = crate::hash::FNV_OFFSET;
         let server_name = match &files.server_name {
             Some(name) => Some(ServerName::try_from(name.clone()).map_err(|_| {
                 (

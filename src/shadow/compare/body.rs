@@ -200,8 +200,6 @@ fn compare_bytes(primary: &[u8], candidate: &[u8], report: &mut Report) {
 /// FNV-1a 64: stable across builds and releases, so digests in old diff
 /// logs can still be matched. Not for security; only for telling bodies apart.
 fn digest(body: &[u8]) -> String {
-    let hash = body.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = crate::hash::fnv1a(crate::hash::FNV_OFFSET, body);
     format!("{} bytes, fnv1a64 {hash:016x}", body.len())
 }
