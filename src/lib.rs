@@ -13,7 +13,7 @@
 //! - `metrics`: every Prometheus family, defined in one place.
 //! - `reload`: load routes/, swap the snapshot, keep the old one on error.
 //! - `server`: listeners, connections, graceful shutdown.
-//! - `telemetry`: logging and the access log.
+//! - `telemetry`: logging, the access log, and OTLP export of the proxy's server spans.
 //! - `tls`: TLS termination: certificates by SNI, reloaded when their files change.
 //! - `cli`: the command line, for `main`.
 //! - `demo`: `strangler demo`: demo backends, routes and traffic around the proxy.

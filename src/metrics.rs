@@ -66,6 +66,7 @@ pub struct Families {
     pub config_last_success: Gauge,
     pub backend_up: IntGaugeVec,
     pub circuit_state: IntGaugeVec,
+    pub trace_spans: IntCounterVec,
 }
 
 /// What `/metrics` says of a family that has no series yet.
@@ -193,6 +194,7 @@ impl Metrics {
             config_last_success,
             backend_up: b.gauge("strangler_backend_up", "1 when the backend is healthy.", &["backend"]),
             circuit_state: b.gauge("strangler_circuit_state", "0 closed, 1 half-open, 2 open.", &["backend"]),
+            trace_spans: b.counter("strangler_trace_spans_total", "Server spans for OTLP export (server.tracing), by outcome.", &["outcome"]),
             registry: b.registry,
             catalogue: b.catalogue,
         };
@@ -207,6 +209,9 @@ impl Metrics {
             .connections_open
             .with_label_values(&[PROXY_LISTENER]);
         families.connections.with_label_values(&[PROXY_LISTENER]);
+        for outcome in TRACE_SPAN_OUTCOMES {
+            families.trace_spans.with_label_values(&[outcome]);
+        }
         Metrics {
             inner: Arc::new(families),
         }
@@ -261,6 +266,9 @@ impl Metrics {
 
 /// The `outcome` label values of `strangler_shadow_requests_total`.
 pub const SHADOW_OUTCOMES: [&str; 5] = ["match", "mismatch", "error", "dropped", "skipped"];
+/// The `outcome` label values of `strangler_trace_spans_total`: sent to
+/// the collector, lost in a failed export, or dropped from a full queue.
+pub const TRACE_SPAN_OUTCOMES: [&str; 3] = ["exported", "failed", "dropped"];
 /// The `decision` label values of `strangler_gate_decisions_total`.
 pub const GATE_DECISIONS: [&str; 3] = ["promote", "hold", "rollback"];
 

@@ -50,6 +50,12 @@ pub enum TlsError {
         key: PathBuf,
         source: rustls::Error,
     },
+    /// A client certificate (to a backend) with half of its pair.
+    #[error("`{given}` is set without `{missing}`: a client certificate needs both")]
+    Unpaired {
+        given: &'static str,
+        missing: &'static str,
+    },
     #[error("`{0}` is not a valid SNI name")]
     BadName(String),
     #[error("SNI name `{0}` is given to two certificates")]

@@ -1,5 +1,6 @@
 //! Hostile input at the edge, over raw sockets: smuggling and desync
-//! attempts, oversized heads, slowloris, the connection limit, open-proxy
+//! attempts, oversized heads, slowloris and the 408 head timeout, idle
+//! connections, the connection limit, open-proxy
 //! attempts and whom the proxy believes about the client's address.
 
 mod support;
@@ -199,7 +200,7 @@ async fn oversized_heads_get_431_and_the_proxy_keeps_serving() {
 }
 
 /// 300 connections that send half a head and hold do not stop a normal
-/// request, and the header read timeout closes them.
+/// request, and the header read timeout answers each 408 and closes it.
 #[tokio::test]
 async fn slowloris_connections_do_not_stop_normal_traffic() {
     let backend = FakeBackend::start("monolith").await;
@@ -214,16 +215,83 @@ async fn slowloris_connections_do_not_stop_normal_traffic() {
         slow.push(stream);
     }
     assert_eq!(proxy.get("/").await.text(), "monolith");
-    // Every slow connection is closed by the proxy, none answered.
+    // Every slow connection is told 408 and closed by the proxy.
     for mut stream in slow {
-        let mut buf = [0u8; 64];
-        let read = tokio::time::timeout(PATIENCE, stream.read(&mut buf)).await;
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer)).await;
         assert!(
-            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            matches!(read, Ok(Ok(_))),
             "a slow connection was not closed: {read:?}"
+        );
+        assert!(
+            answer.starts_with(b"HTTP/1.1 408 "),
+            "{:?}",
+            String::from_utf8_lossy(&answer)
         );
     }
     assert_eq!(backend.hits(), 1);
+}
+
+/// A head that starts and stalls past `header_read_timeout` gets 408 with
+/// `Connection: close` and the proxy's JSON error, then the close; the
+/// backend never hears of it.
+#[tokio::test]
+async fn a_stalled_head_gets_408_and_the_connection_closed() {
+    let backend = FakeBackend::start("monolith").await;
+    let proxy = TestProxy::start(&edge_routes(&backend, "  header_read_timeout: 1s")).await;
+    let reply = raw(proxy.addr, b"GET / HTTP/1.1\r\nHost: x\r\n").await;
+    assert_eq!(reply.status(), 408, "{:?}", reply.text);
+    assert!(reply.text.starts_with("HTTP/1.1 408 Request Timeout\r\n"));
+    let (head, body) = reply
+        .text
+        .split_once("\r\n\r\n")
+        .expect("a head and a body");
+    assert!(head.contains("\r\nconnection: close"), "{head:?}");
+    assert!(
+        head.contains("\r\ncontent-type: application/json"),
+        "{head:?}"
+    );
+    let body: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(body["error"], "request_timeout");
+    assert!(reply.is_closed, "the connection stays open");
+    // The same after a first request on a keep-alive connection.
+    let reply = raw(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /second HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+    )
+    .await;
+    assert!(reply.text.starts_with("HTTP/1.1 200 "), "{:?}", reply.text);
+    assert_eq!(
+        reply.text.matches("HTTP/1.1 408 ").count(),
+        1,
+        "{:?}",
+        reply.text
+    );
+    assert!(reply.is_closed);
+    assert_eq!(backend.hits(), 1);
+}
+
+/// No byte of a request, no answer: a new connection that sends nothing,
+/// or only blank lines, and an idle keep-alive connection after its
+/// answer are closed without a byte (the idle one by `keepalive_timeout`).
+#[tokio::test]
+async fn silent_and_idle_connections_are_closed_without_a_byte() {
+    let backend = FakeBackend::start("monolith").await;
+    let proxy = TestProxy::start(&edge_routes(
+        &backend,
+        "  header_read_timeout: 1s\n  keepalive_timeout: 1s",
+    ))
+    .await;
+    for bytes in [&b""[..], b"\r\n"] {
+        let reply = raw(proxy.addr, bytes).await;
+        assert!(reply.is_closed, "{bytes:?}: the connection stays open");
+        assert_eq!(reply.text, "", "{bytes:?}");
+    }
+    let idle = raw(proxy.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(idle.is_closed, "the idle connection stays open");
+    assert_eq!(idle.status(), 200, "{:?}", idle.text);
+    assert!(idle.text.ends_with("\r\n\r\nmonolith"), "{:?}", idle.text);
+    assert_eq!(idle.text.matches("HTTP/1.1").count(), 1, "{:?}", idle.text);
 }
 
 /// Past `max_connections` a new connection gets a 503 and is closed;

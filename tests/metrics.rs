@@ -77,6 +77,7 @@ const GOLDEN: &[(&str, &str, &[&str])] = &[
         "counter",
         &["outcome", "route"],
     ),
+    ("strangler_trace_spans_total", "counter", &["outcome"]),
     (
         "strangler_upstream_duration_seconds",
         "histogram",

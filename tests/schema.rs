@@ -102,6 +102,15 @@ server:
   shutdown_grace: 30
   server_timing: true
   trusted_proxies: [10.0.0.0/8]
+  tracing:
+    otlp_endpoint: "http://127.0.0.1:4318/v1/traces"
+    service_name: edge
+    sample_ratio: 0.25
+    headers: { x-api-key: secret }
+    export_timeout: 10s
+    batch_delay: 200ms
+    max_queue: 2048
+    max_batch: 512
 backends:
   monolith: { url: "http://127.0.0.1:3000", timeout: 1.5s, max_idle_connections: 8 }
   orders:
@@ -142,6 +151,17 @@ routes:
     strangler_accepts(text).expect("strangler accepts the file");
     let problems = errors(&validator(), &yaml(text));
     assert!(problems.is_empty(), "{problems:#?}");
+
+    let backends = "backends: { a: { url: \"http://127.0.0.1:1\" } }\ndefault: a\n";
+    for timing in [
+        "{ backend_name: true }",
+        "{ enabled: false, backend_name: true }",
+    ] {
+        let text = format!("server: {{ server_timing: {timing} }}\n{backends}");
+        strangler_accepts(&text).expect("strangler accepts the file");
+        let problems = errors(&validator(), &yaml(&text));
+        assert!(problems.is_empty(), "{timing}: {problems:#?}");
+    }
 }
 
 /// Wrong types and unknown keys are rejected at (or just above) the right
@@ -194,6 +214,16 @@ fn schema_rejects_wrong_types_and_unknown_keys() {
             "/server/max_body",
         ),
         ("routes as a map", top("routes: { r: { name: r } }\n"), "/routes"),
+        (
+            "a misspelt server_timing option",
+            top("server: { server_timing: { backend_nme: true } }\n"),
+            "/server/server_timing",
+        ),
+        (
+            "tracing without an endpoint",
+            top("server: { tracing: { service_name: edge } }\n"),
+            "/server/tracing",
+        ),
         (
             "a route without a name",
             top("routes: [ { match: { prefix: / }, backend: a } ]\n"),

@@ -1,155 +1,28 @@
-//! TLS at both ends: certificates chosen by SNI, rotation without a
-//! restart, clear errors for bad files, and `https://` backends with a
-//! custom CA.
+//! The TLS listener: certificates chosen by SNI, rotation without a
+//! restart (also under load), clear errors for bad files, and the request
+//! head timeout over TLS. TLS to backends is in `upstream_tls.rs`.
 
 mod support;
+#[path = "support/tls.rs"]
+mod tls_support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use support::*;
+use tls_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::net::TcpStream;
 
-/// A test CA that signs leaf certificates.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let key = KeyPair::generate().expect("CA key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "strangler test CA");
-        let cert = params.self_signed(&key).expect("self-signed CA");
-        Ca { cert, key }
-    }
-
-    /// A leaf for `name`, written as `dir/NAME.crt` and `dir/NAME.key`;
-    /// returns the paths and the certificate's DER.
-    fn issue(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf, Vec<u8>) {
-        let key = KeyPair::generate().expect("leaf key");
-        let params = CertificateParams::new(vec![name.to_string()]).expect("leaf params");
-        let cert = params
-            .signed_by(&key, &self.cert, &self.key)
-            .expect("signed leaf");
-        let (cert_path, key_path) = (
-            dir.join(format!("{name}.crt")),
-            dir.join(format!("{name}.key")),
-        );
-        std::fs::write(&cert_path, cert.pem()).expect("write certificate");
-        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
-        (cert_path, key_path, cert.der().to_vec())
-    }
-
-    fn write(&self, path: &Path) {
-        std::fs::write(path, self.cert.pem()).expect("write CA");
-    }
-
-    fn client_config(&self) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(self.cert.der().clone())
-            .expect("CA into the trust store");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(config)
-    }
-}
-
-/// The proxy with a TLS listener, on loopback; stops when dropped.
-struct TlsProxy {
-    addr: SocketAddr,
-    tls_addr: SocketAddr,
-    admin: HttpClient,
-    _stop: oneshot::Sender<()>,
-}
-
-impl TlsProxy {
-    async fn start(routes_dir: &Path, state_dir: PathBuf) -> TlsProxy {
-        let bind = || TcpListener::bind("127.0.0.1:0");
-        let (proxy, tls, admin) = (
-            bind().await.expect("bind"),
-            bind().await.expect("bind"),
-            bind().await.expect("bind"),
-        );
-        let (addr, tls_addr) = (
-            proxy.local_addr().expect("addr"),
-            tls.local_addr().expect("addr"),
-        );
-        let admin_addr = admin.local_addr().expect("addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let config = strangler::RunConfig {
-            routes_dir: routes_dir.to_path_buf(),
-            state_dir,
-            watch: false,
-        };
-        let listeners = strangler::Listeners {
-            proxy,
-            tls: Some(tls),
-            admin,
-        };
-        let mut task = tokio::spawn(strangler::serve(listeners, config, async move {
-            let _ = stopped.await;
-        }));
-        let admin = HttpClient::http1(admin_addr);
-        let ready = async {
-            tokio::select! {
-                reply = admin.get("/readyz") => assert_eq!(reply.status, 200),
-                result = &mut task => panic!("the proxy stopped at start: {result:?}"),
-            }
-        };
-        tokio::time::timeout(PATIENCE, ready)
-            .await
-            .expect("the proxy answers /readyz");
-        TlsProxy {
-            addr,
-            tls_addr,
-            admin,
-            _stop: stop,
-        }
-    }
-
-    /// Handshakes as `name`; returns the certificate served and the stream.
-    async fn connect(
-        &self,
-        ca: &Ca,
-        name: &str,
-    ) -> (Vec<u8>, tokio_rustls::client::TlsStream<TcpStream>) {
-        let tcp = TcpStream::connect(self.tls_addr).await.expect("connect");
-        let server_name = ServerName::try_from(name.to_string()).expect("server name");
-        let tls = tokio_rustls::TlsConnector::from(ca.client_config())
-            .connect(server_name, tcp)
-            .await
-            .expect("TLS handshake");
-        let served = tls.get_ref().1.peer_certificates().expect("a certificate")[0].to_vec();
-        (served, tls)
-    }
-}
-
-fn certificates_yaml(entries: &[(&Path, &Path, &str)]) -> String {
-    let mut yaml = String::from("server:\n  tls:\n    certificates:\n");
-    for (cert, key, sni) in entries {
-        yaml.push_str(&format!(
-            "      - cert: {}\n        key: {}\n        sni: [{sni}]\n",
-            cert.display(),
-            key.display()
-        ));
-    }
-    yaml
+/// Writes `yaml` as `dir/routes/routes.yaml`; returns `dir/routes`.
+fn write_routes(dir: &Path, yaml: &str) -> PathBuf {
+    let routes = dir.join("routes");
+    std::fs::create_dir_all(&routes).expect("routes/");
+    std::fs::write(routes.join("routes.yaml"), yaml).expect("write routes");
+    routes
 }
 
 /// Each SNI name gets its own certificate, and requests over TLS carry
@@ -191,17 +64,7 @@ async fn each_sni_name_is_served_its_certificate_and_rotation_needs_no_restart()
     // Rotation: new files in place, a reload, and the new certificate is served.
     let (_, _, new_der) = ca.issue(dir.path(), "a.test");
     assert_ne!(new_der, a_der);
-    let reply = proxy
-        .admin
-        .send(
-            proxy
-                .admin
-                .request(http::Method::POST, "/api/reload")
-                .body(empty())
-                .expect("request"),
-        )
-        .await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
+    proxy.reload().await;
     let (served, _) = proxy.connect(&ca, "a.test").await;
     assert_eq!(served, new_der);
     // Plain HTTP still works beside TLS.
@@ -243,66 +106,249 @@ async fn bad_or_mismatched_files_are_errors_at_their_key() {
     assert!(not_pem.contains("holds no PEM certificate"), "{not_pem}");
 }
 
-/// A TLS backend that answers `secure` to everything.
-async fn tls_backend(cert: &Path, key: &Path) -> SocketAddr {
-    let chain: Vec<CertificateDer<'static>> =
-        rustls::pki_types::pem::PemObject::pem_file_iter(cert)
-            .expect("read certificate")
-            .collect::<Result<_, _>>()
-            .expect("PEM certificate");
-    let key = rustls::pki_types::pem::PemObject::from_pem_file(key).expect("PEM key");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .expect("server certificate");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(full("secure")))
-                });
-                let io = hyper_util::rt::TokioIo::new(tls);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
-/// An `https://` backend is reached with a custom CA and a server name
-/// override; without that CA the proxy refuses the backend's certificate
-/// and answers `upstream_tls`.
+/// Over TLS as in the clear: a head that starts and stalls past
+/// `header_read_timeout` gets 408 and a clean close (close_notify), and a
+/// connection that sends nothing after its handshake is closed without a byte.
 #[tokio::test]
-async fn https_backends_are_verified_against_the_configured_ca() {
+async fn a_stalled_head_over_tls_gets_408_and_a_silent_connection_is_closed() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let ca = Ca::new();
-    let (cert, key, _) = ca.issue(dir.path(), "backend.test");
-    let ca_path = dir.path().join("ca.pem");
-    ca.write(&ca_path);
-    let backend = tls_backend(&cert, &key).await;
-    let monolith = FakeBackend::start("monolith").await;
-    let routes = format!(
-        "backends:\n  monolith: {{ url: \"{}\" }}\n  secure:\n    url: \"https://{backend}\"\n    tls: {{ ca: {}, server_name: backend.test }}\n  unverified: {{ url: \"https://{backend}\" }}\ndefault: monolith\nroutes:\n  - name: secure\n    match: {{ prefix: /secure }}\n    backend: secure\n  - name: unverified\n    match: {{ prefix: /unverified }}\n    backend: unverified\n",
-        monolith.url(),
-        ca_path.display()
+    let (cert, key, _) = ca.issue(dir.path(), "a.test");
+    let backend = FakeBackend::start("monolith").await;
+    let yaml = certificates_yaml(&[(&cert, &key, "a.test")]).replacen(
+        "server:\n",
+        "server:\n  header_read_timeout: 1s\n",
+        1,
+    ) + &routes_file(&[("monolith", &backend.url())], "");
+    let proxy = TlsProxy::start(&write_routes(dir.path(), &yaml), dir.path().join("state")).await;
+
+    let (_, mut stalled) = proxy.connect(&ca, "a.test").await;
+    let (_, mut silent) = proxy.connect(&ca, "a.test").await;
+    stalled
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n")
+        .await
+        .expect("write half a head");
+    let mut answer = String::new();
+    tokio::time::timeout(PATIENCE, stalled.read_to_string(&mut answer))
+        .await
+        .expect("the proxy closes the stalled connection")
+        .expect("a clean TLS close");
+    assert!(
+        answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{answer:?}"
     );
-    let proxy = TestProxy::start(&routes).await;
-    let reply = proxy.get("/secure").await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    assert_eq!(reply.text(), "secure");
-    let refused = proxy.get("/unverified").await;
-    assert_eq!(refused.status, 502, "{}", refused.text());
-    assert_eq!(refused.json()["error"], "upstream_tls");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer:?}");
+    assert!(
+        answer.ends_with("\r\n\r\n{\"error\":\"request_timeout\"}"),
+        "{answer:?}"
+    );
+
+    let mut nothing = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, silent.read_to_end(&mut nothing))
+        .await
+        .expect("the proxy closes the silent connection");
+    assert!(
+        nothing.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&nothing)
+    );
+    assert!(read.is_ok(), "{read:?}");
+    assert_eq!(backend.hits(), 0);
+}
+
+/// How one TLS connection of the rotation test went.
+#[derive(Debug, PartialEq, Eq)]
+enum Handshake {
+    /// A full handshake, with the certificate served.
+    Full(Vec<u8>),
+    /// A session resumed: no certificate is served.
+    Resumed,
+}
+
+/// One TLS connection, one request: how the handshake went, or what failed.
+async fn one_request(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<Handshake, String> {
+    let exchange = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let name = ServerName::try_from("a.test").expect("server name");
+        let mut tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let session = tls.get_ref().1;
+        let served = session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|cert| cert.to_vec())
+            .ok_or("no certificate")?;
+        let handshake = match session.handshake_kind() {
+            Some(rustls::HandshakeKind::Resumed) => Handshake::Resumed,
+            _ => Handshake::Full(served),
+        };
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut answer = Vec::new();
+        tls.read_to_end(&mut answer)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if !answer.starts_with(b"HTTP/1.1 200") || !answer.ends_with(b"monolith") {
+            return Err(format!("answer: {}", String::from_utf8_lossy(&answer)));
+        }
+        Ok(handshake)
+    };
+    tokio::time::timeout(PATIENCE, exchange)
+        .await
+        .unwrap_or_else(|_| Err("no answer".to_string()))
+}
+
+/// What the clients of the rotation test saw.
+#[derive(Default)]
+struct Load {
+    /// Set once the test has seen the new certificate itself.
+    is_rotated: AtomicBool,
+    is_stopped: AtomicBool,
+    /// Per client: connections started before and after `is_rotated`.
+    before: [AtomicUsize; CLIENTS],
+    after: [AtomicUsize; CLIENTS],
+    served_old: AtomicUsize,
+    served_new: AtomicUsize,
+    resumed: AtomicUsize,
+    /// Full handshakes started after `is_rotated` that got the old certificate.
+    stale: AtomicUsize,
+    failures: Mutex<Vec<String>>,
+}
+
+const CLIENTS: usize = 4;
+
+/// Certificate and key files replaced by atomic renames (a new key and a
+/// new serial) while four clients open new TLS connections back to back,
+/// one request each: no handshake or request fails across the rotation,
+/// and once the new certificate has been served, every new full handshake
+/// gets it. Two of the clients resume sessions, which must also go on
+/// working across the rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_rotation_under_load_fails_no_handshake() {
+    // A bound on the load, whatever happens: each client stops after this many.
+    const MAX_PER_CLIENT: usize = 2_000;
+    const BEFORE: usize = 10;
+    const AFTER: usize = 10;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let ca = Ca::new();
+    let old = ca.issue_serial(dir.path(), "old", "a.test", 1);
+    let (cert, key) = (dir.path().join("live.crt"), dir.path().join("live.key"));
+    std::fs::copy(&old.cert, &cert).expect("copy certificate");
+    std::fs::copy(&old.key, &key).expect("copy key");
+    let backend = FakeBackend::start("monolith").await;
+    let yaml = certificates_yaml(&[(&cert, &key, "a.test")])
+        + &routes_file(&[("monolith", &backend.url())], "");
+    let proxy = TlsProxy::start(&write_routes(dir.path(), &yaml), dir.path().join("state")).await;
+    let new = ca.issue_serial(dir.path(), "new", "a.test", 2);
+    assert_ne!(new.der, old.der);
+
+    let load = Arc::new(Load::default());
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let config = if client % 2 == 0 {
+                ca.client_config()
+            } else {
+                ca.client_config_full_handshakes()
+            };
+            let load = load.clone();
+            let (addr, old_der, new_der) = (proxy.tls_addr, old.der.clone(), new.der.clone());
+            tokio::spawn(async move {
+                for _ in 0..MAX_PER_CLIENT {
+                    if load.is_stopped.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let is_rotated = load.is_rotated.load(Ordering::SeqCst);
+                    let counter = if is_rotated {
+                        &load.after
+                    } else {
+                        &load.before
+                    };
+                    match one_request(addr, config.clone()).await {
+                        Ok(Handshake::Resumed) => {
+                            load.resumed.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(Handshake::Full(served)) if served == new_der => {
+                            load.served_new.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(Handshake::Full(served)) if served == old_der => {
+                            load.served_old.fetch_add(1, Ordering::SeqCst);
+                            if is_rotated {
+                                load.stale.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                        Ok(_) => load
+                            .failures
+                            .lock()
+                            .expect("lock")
+                            .push("an unknown certificate".into()),
+                        Err(failure) => load.failures.lock().expect("lock").push(failure),
+                    }
+                    counter[client].fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    let every_client = |is_after: bool, at_least: usize| {
+        let load = load.clone();
+        eventually("every client has made its connections", move || {
+            let load = load.clone();
+            async move {
+                let counts = if is_after { &load.after } else { &load.before };
+                counts.iter().all(|n| n.load(Ordering::SeqCst) >= at_least)
+            }
+        })
+    };
+    every_client(false, BEFORE).await;
+
+    // As rotation tools do: new files beside the live ones, each renamed
+    // over its live one (a rename is atomic), then the reload.
+    std::fs::rename(&new.key, &key).expect("rename key");
+    std::fs::rename(&new.cert, &cert).expect("rename certificate");
+    proxy.reload().await;
+    let config = ca.client_config_full_handshakes();
+    let seen_new = async {
+        loop {
+            match one_request(proxy.tls_addr, config.clone()).await {
+                Ok(Handshake::Full(served)) if served == new.der => return,
+                Ok(_) => continue,
+                Err(failure) => panic!("during the rotation: {failure}"),
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, seen_new)
+        .await
+        .expect("new connections get the new certificate");
+    load.is_rotated.store(true, Ordering::SeqCst);
+    every_client(true, AFTER).await;
+    load.is_stopped.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.await.expect("a client panicked");
+    }
+
+    let failures = load.failures.lock().expect("lock");
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:?}",
+        failures.len()
+    );
+    assert_eq!(
+        load.stale.load(Ordering::SeqCst),
+        0,
+        "old certificate after the rotation"
+    );
+    // Each full-handshake client made its connections on both sides.
+    assert!(load.served_old.load(Ordering::SeqCst) >= CLIENTS / 2 * BEFORE);
+    assert!(load.served_new.load(Ordering::SeqCst) >= CLIENTS / 2 * AFTER);
+    assert!(
+        load.resumed.load(Ordering::SeqCst) > 0,
+        "no session was resumed"
+    );
 }

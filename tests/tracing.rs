@@ -1,10 +1,16 @@
 //! What a request carries about its trace and its timing: W3C trace context
-//! to the backend, the trace id in error bodies, and `Server-Timing` when
-//! it is switched on.
+//! to the backend, the trace id in error bodies and in the access log, and
+//! `Server-Timing` when it is switched on.
 
 mod support;
 
-use support::{dead_url, routes_file, Behaviour, FakeBackend, TestProxy};
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use support::{dead_url, routes_file, Behaviour, FakeBackend, HttpClient, TestProxy, PATIENCE};
+
+const BIN: &str = env!("CARGO_BIN_EXE_strangler");
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -239,4 +245,146 @@ async fn server_timing_is_absent_by_default() {
     let reply = proxy.get("/").await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("server-timing"), None);
+}
+
+/// With `server_timing: { backend_name: true }` the upstream entry names
+/// the backend that answered, as a quoted string: the route's backend, or
+/// its fallback when that answered instead.
+#[tokio::test]
+async fn server_timing_names_the_backend_when_asked() {
+    let monolith = FakeBackend::start("monolith").await;
+    let orders = FakeBackend::start("orders").await;
+    let dead = dead_url().await;
+    let routes = r#"
+  - name: orders
+    match: { prefix: "/api/orders" }
+    backend: orders-svc
+  - name: gone
+    match: { prefix: "/gone" }
+    backend: gone
+    fallback: monolith
+"#;
+    let yaml = format!(
+        "server: {{ server_timing: {{ backend_name: true }} }}\n{}",
+        routes_file(
+            &[
+                ("monolith", &monolith.url()),
+                ("orders-svc", &orders.url()),
+                ("gone", &dead)
+            ],
+            routes
+        )
+    );
+    let proxy = TestProxy::start(&yaml).await;
+
+    for (path, backend) in [("/api/orders/1", "orders-svc"), ("/gone/1", "monolith")] {
+        let reply = proxy.get(path).await;
+        assert_eq!(reply.status, 200, "GET {path}");
+        let value = reply.header("server-timing").expect("Server-Timing");
+        let suffix = format!(";desc=\"{backend}\"");
+        let timing = value
+            .strip_suffix(&suffix)
+            .unwrap_or_else(|| panic!("{value:?} does not end with {suffix:?}"));
+        assert_timing(timing);
+    }
+}
+
+/// The next JSON line of a child's log; panics when the child has exited.
+async fn next_event(
+    logs: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+) -> serde_json::Value {
+    loop {
+        let line = logs
+            .next_line()
+            .await
+            .expect("read the log")
+            .expect("strangler exited early");
+        if let Ok(event) = serde_json::from_str(&line) {
+            return event;
+        }
+    }
+}
+
+/// The access log line of a request (target `access`, JSON with
+/// `--log-format json`) carries the client's trace id, the proxy's span id
+/// (the parent id the backend got) and the route, from the real binary.
+#[tokio::test]
+async fn access_log_line_carries_the_trace_id_and_route() {
+    let backend = FakeBackend::with(Behaviour::Echo).await;
+    let routes = r#"
+  - name: orders-read
+    match: { prefix: "/api/orders" }
+    backend: monolith
+"#;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let routes_dir = dir.path().join("routes");
+    std::fs::create_dir(&routes_dir).expect("create routes/");
+    std::fs::write(
+        routes_dir.join("routes.yaml"),
+        routes_file(&[("monolith", &backend.url())], routes),
+    )
+    .expect("write routes.yaml");
+    let state = dir.path().join("state");
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["run", "--routes"])
+        .arg(&routes_dir)
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--log-format", "json"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .env_remove("STRANGLER_LOG_FORMAT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start strangler run");
+    let mut logs = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+    let find_listen = async {
+        loop {
+            let event = next_event(&mut logs).await;
+            if event["message"] == "strangler is serving" {
+                return event["listen"]
+                    .as_str()
+                    .expect("listen address")
+                    .parse::<std::net::SocketAddr>()
+                    .expect("an address");
+            }
+        }
+    };
+    let addr = tokio::time::timeout(PATIENCE, find_listen)
+        .await
+        .expect("strangler starts serving");
+
+    let client = HttpClient::http1(addr);
+    let req = client
+        .request(http::Method::GET, "/api/orders/42")
+        .header("traceparent", PARENT)
+        .body(support::empty())
+        .expect("request");
+    assert_eq!(client.send(req).await.status, 200);
+    let (_, proxy_span, _) = fields(
+        backend
+            .last_request()
+            .header("traceparent")
+            .expect("traceparent sent upstream"),
+    );
+
+    let find_access = async {
+        loop {
+            let event = next_event(&mut logs).await;
+            if event["target"] == "access" {
+                return event;
+            }
+        }
+    };
+    let access = tokio::time::timeout(PATIENCE, find_access)
+        .await
+        .expect("an access log line");
+    assert_eq!(access["trace_id"], TRACE_ID, "{access}");
+    assert_eq!(access["span_id"], proxy_span.as_str(), "{access}");
+    assert_eq!(access["route"], "orders-read", "{access}");
+    assert_eq!(access["backend"], "monolith", "{access}");
+    assert_eq!(access["status"], 200, "{access}");
 }

@@ -107,8 +107,11 @@ def idle_conns(host, port, n, hold):
         sem = asyncio.Semaphore(256)
         conns, errors = [], []
         await asyncio.gather(*(one(sem, conns, errors) for _ in range(n)))
-        await asyncio.sleep(1.0)
-        # How many are still open after a second (a proxy may close idle ones).
+        # Let the connections settle into idleness before RSS is read: a
+        # proxy may release an idle connection's buffers after a moment
+        # (nginx at once, strangler after a second of quiet).
+        await asyncio.sleep(3.0)
+        # How many are still open then (a proxy may close idle ones).
         alive = sum(1 for r, _ in conns if not r.at_eof())
         print(f"READY ok={len(conns)} alive={alive} failed={len(errors)}"
               + (f" first_error={errors[0]}" if errors else ""), flush=True)

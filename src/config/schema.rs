@@ -5,9 +5,11 @@
 //! error with a position, not a silently ignored setting.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use super::values::{ByteSize, DurationSpec, Percent};
 
@@ -51,8 +53,9 @@ pub struct ServerSpec {
     pub h2_max_concurrent_streams: Option<u32>,
     /// On SIGTERM: stop accepting, drain this long, exit 0 (default 30s).
     pub shutdown_grace: Option<DurationSpec>,
-    /// Adds `Server-Timing: proxy;dur=X, upstream;dur=Y` to every answer.
-    pub server_timing: Option<bool>,
+    /// Adds `Server-Timing: proxy;dur=X, upstream;dur=Y` to every answer:
+    /// `true`, or `{ backend_name: true }` to add the backend's name too.
+    pub server_timing: Option<ServerTimingSpec>,
     /// Peers (addresses or CIDRs) whose `X-Forwarded-For` is believed.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
@@ -60,6 +63,78 @@ pub struct ServerSpec {
     pub tls: Option<ServerTlsSpec>,
     /// Bounds of the shadow pipeline, read at start.
     pub shadow: Option<ShadowPipelineSpec>,
+    /// Export the proxy's server spans to an OpenTelemetry collector
+    /// (OTLP/HTTP), read at start. Absent: no export.
+    pub tracing: Option<TracingSpec>,
+}
+
+/// `true` or `false`, or a mapping: `{ backend_name: true }`.
+// Deserialized by hand (below), so that a wrong key in the mapping is
+// reported as such rather than as "did not match any variant".
+#[derive(Debug, Clone, JsonSchema, PartialEq)]
+#[serde(untagged)]
+#[schemars(transform = super::json_schema::one_of)]
+pub enum ServerTimingSpec {
+    Enabled(bool),
+    Options(ServerTimingOptionsSpec),
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTimingOptionsSpec {
+    /// Off with `false` (default `true`: the mapping turns it on).
+    pub enabled: Option<bool>,
+    /// Adds `desc="BACKEND"` to the `upstream` entry: the backend that
+    /// answered (default false: it tells clients which service answered).
+    #[serde(default)]
+    pub backend_name: bool,
+}
+
+impl<'de> Deserialize<'de> for ServerTimingSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SpecVisitor;
+        impl<'de> Visitor<'de> for SpecVisitor {
+            type Value = ServerTimingSpec;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`true`, `false` or `{ enabled, backend_name }`")
+            }
+
+            fn visit_bool<E: de::Error>(self, value: bool) -> Result<ServerTimingSpec, E> {
+                Ok(ServerTimingSpec::Enabled(value))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ServerTimingSpec, A::Error> {
+                ServerTimingOptionsSpec::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(ServerTimingSpec::Options)
+            }
+        }
+        deserializer.deserialize_any(SpecVisitor)
+    }
+}
+
+/// OTLP/HTTP (protobuf) export of one server span per request.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TracingSpec {
+    /// The collector's traces URL, used as given: `http://127.0.0.1:4318/v1/traces`.
+    pub otlp_endpoint: String,
+    /// `service.name` of the spans (default `strangler`).
+    pub service_name: Option<String>,
+    /// Share of the traces the proxy starts that are sampled, 0 to 1
+    /// (default 1). A client's `traceparent` keeps its own sampled flag.
+    pub sample_ratio: Option<f64>,
+    /// Headers sent with every export, e.g. an API key.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// One export, retries included, gives up after this (default 10s).
+    pub export_timeout: Option<DurationSpec>,
+    /// Longest wait of a span before its export (default 5s).
+    pub batch_delay: Option<DurationSpec>,
+    /// Spans waiting for export; beyond, spans are dropped and counted (default 2048).
+    pub max_queue: Option<usize>,
+    /// Spans per export request (default 512).
+    pub max_batch: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]

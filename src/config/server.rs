@@ -1,17 +1,19 @@
 //! Compiling `server:` (listener limits, `trusted_proxies`, TLS
-//! certificates) and backends' `tls:` into their checked forms.
+//! certificates, `tracing`) and backends' `tls:` into their checked forms.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderValue;
+use http::header::HeaderName;
+use http::{HeaderValue, Uri};
 
 use super::error::ConfigError;
 use super::load::SourceFile;
-use super::schema::{ServerSpec, UpstreamTlsSpec};
+use super::schema::{ServerSpec, ServerTimingSpec, TracingSpec, UpstreamTlsSpec};
 use crate::proxy::TrustedProxies;
 use crate::server::{ConnLimits, ServerSettings, ShadowSettings, MIN_HEADER_BYTES};
+use crate::telemetry::OtlpSettings;
 use crate::tls::{CertField, CertificateFiles, Certificates};
 use crate::upstream::{UpstreamTls, UpstreamTlsField, UpstreamTlsFiles};
 
@@ -43,7 +45,18 @@ pub(crate) fn compile_server(
         }
     }
     settings.max_body_bytes = spec.max_body.map(|b| b.0);
-    settings.has_server_timing = spec.server_timing.unwrap_or(false);
+    match &spec.server_timing {
+        Some(ServerTimingSpec::Enabled(on)) => settings.has_server_timing = *on,
+        Some(ServerTimingSpec::Options(options)) => {
+            settings.has_server_timing = options.enabled.unwrap_or(true);
+            settings.has_server_timing_backend = options.backend_name;
+        }
+        None => {}
+    }
+    settings.tracing = spec
+        .tracing
+        .as_ref()
+        .and_then(|tracing| compile_tracing(file, tracing, errors));
     if let Some(shadow) = &spec.shadow {
         let defaults = &settings.shadow;
         let queue = shadow.queue.unwrap_or(defaults.queue);
@@ -174,6 +187,93 @@ fn compile_limits(
         None => {}
     }
     limits
+}
+
+/// `server.tracing` checked: an absolute `http(s)` endpoint, a ratio in
+/// 0..=1, valid header names and values, non-zero durations and sizes.
+fn compile_tracing(
+    file: &SourceFile,
+    spec: &TracingSpec,
+    errors: &mut Vec<ConfigError>,
+) -> Option<OtlpSettings> {
+    let before = errors.len();
+    let mut error = |key: &str, message: String| {
+        errors.push(file.error_at(&format!("server.tracing.{key}"), message));
+    };
+    let endpoint = match spec.otlp_endpoint.parse::<Uri>() {
+        Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {
+            Some(uri)
+        }
+        _ => {
+            error(
+                "otlp_endpoint",
+                "`otlp_endpoint` must be an http:// or https:// URL, e.g. \
+                 `http://127.0.0.1:4318/v1/traces`"
+                    .to_string(),
+            );
+            None
+        }
+    };
+    let mut settings = OtlpSettings::new(endpoint.unwrap_or_default());
+    if let Some(name) = &spec.service_name {
+        if name.is_empty() {
+            error(
+                "service_name",
+                "`service_name` must not be empty".to_string(),
+            );
+        }
+        settings.service_name = name.clone();
+    }
+    if let Some(ratio) = spec.sample_ratio {
+        if !(0.0..=1.0).contains(&ratio) {
+            error(
+                "sample_ratio",
+                format!("`sample_ratio` must be between 0 and 1, not {ratio}"),
+            );
+        }
+        settings.sample_ratio = ratio;
+    }
+    for (name, value) in &spec.headers {
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            error(
+                &format!("headers.{name}"),
+                format!("`{name}` is not a valid header name"),
+            );
+        } else if HeaderValue::from_str(value).is_err() {
+            error(
+                &format!("headers.{name}"),
+                format!("the value of `{name}` is not a valid header value"),
+            );
+        }
+        settings.headers.push((name.clone(), value.clone()));
+    }
+    let durations = [
+        (
+            "export_timeout",
+            spec.export_timeout,
+            &mut settings.export_timeout,
+        ),
+        ("batch_delay", spec.batch_delay, &mut settings.batch_delay),
+    ];
+    for (key, value, slot) in durations {
+        match value {
+            Some(d) if d.0.is_zero() => error(key, format!("`{key}` must be longer than 0")),
+            Some(d) => *slot = d.0,
+            None => {}
+        }
+    }
+    let sizes = [
+        ("max_queue", spec.max_queue, &mut settings.max_queue),
+        ("max_batch", spec.max_batch, &mut settings.max_batch),
+    ];
+    for (key, value, slot) in sizes {
+        match value {
+            Some(0) => error(key, format!("`{key}` must be at least 1")),
+            Some(n) => *slot = n,
+            None => {}
+        }
+    }
+    (errors.len() == before).then_some(settings)
 }
 
 /// A path from a route file: relative ones start at the file's directory.

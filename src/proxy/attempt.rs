@@ -9,7 +9,7 @@
 //! whole: a body is never buffered for this, so only one that was not read
 //! at all (or is empty) can be sent again.
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
@@ -33,7 +33,6 @@ pub(super) async fn exchange(
     route: &Route,
     primary: BackendId,
     head: &UpstreamHead,
-    client_headers: &HeaderMap,
     body: ProxyBody,
 ) -> (BackendId, Result<Response<Incoming>, ProxyError>) {
     let mut backend = primary;
@@ -79,7 +78,6 @@ pub(super) async fn exchange(
             route,
             backend,
             head,
-            client_headers,
             &outcome,
             can_resend,
             has_retried,
@@ -119,7 +117,6 @@ fn next_step(
     route: &Route,
     tried: BackendId,
     head: &UpstreamHead,
-    client_headers: &HeaderMap,
     outcome: &Result<Response<Incoming>, ProxyError>,
     can_resend: bool,
     has_retried: bool,
@@ -140,7 +137,7 @@ fn next_step(
     let is_idempotent = matches!(
         head.method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
-    ) || client_headers.contains_key(&route.idempotency_header);
+    ) || head.has_idempotency_key;
     let is_safe = !reached || is_idempotent || route.retry_non_idempotent;
     if !can_resend || !is_safe || has_fallen_back {
         return Next::Done;

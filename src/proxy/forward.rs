@@ -26,6 +26,8 @@ pub(super) struct UpstreamHead {
     pub path_and_query: String,
     pub headers: HeaderMap,
     pub is_upgrade: bool,
+    /// The client sent the route's idempotency key header.
+    pub has_idempotency_key: bool,
 }
 
 pub(crate) async fn forward(
@@ -34,7 +36,7 @@ pub(crate) async fn forward(
     decision: &Decision<'_>,
     req: Request<Incoming>,
     path: &str,
-    host: Option<String>,
+    host: Option<HeaderValue>,
     ctx: &RequestCtx,
 ) -> Response<ProxyBody> {
     let route = decision.route;
@@ -57,9 +59,9 @@ pub(crate) async fn forward(
     let head = upstream_head(
         snapshot,
         decision,
-        &parts,
+        &mut parts,
         path,
-        host.as_deref(),
+        host.as_ref(),
         ctx,
         client_upgrade.is_some(),
     );
@@ -79,15 +81,8 @@ pub(crate) async fn forward(
         (None, _) => (body, None),
     };
 
-    let (backend, outcome) = attempt::exchange(
-        snapshot,
-        route,
-        decision.primary,
-        &head,
-        &parts.headers,
-        body,
-    )
-    .await;
+    let (backend, outcome) =
+        attempt::exchange(snapshot, route, decision.primary, &head, body).await;
 
     let result = match outcome {
         Ok(response) => {
@@ -175,21 +170,23 @@ fn mirror_response(
 fn upstream_head(
     snapshot: &Snapshot,
     decision: &Decision,
-    parts: &http::request::Parts,
+    parts: &mut http::request::Parts,
     path: &str,
-    host: Option<&str>,
+    host: Option<&HeaderValue>,
     ctx: &RequestCtx,
     is_upgrade: bool,
 ) -> UpstreamHead {
     let route = decision.route;
-    let mut headers = parts.headers.clone();
+    let has_idempotency_key = parts.headers.contains_key(&route.idempotency_header);
+    // Taken, not copied: the client's headers are not needed again.
+    let mut headers = std::mem::take(&mut parts.headers);
     headers::remove_hop_by_hop(&mut headers, is_upgrade);
     headers.remove(&headers::X_STRANGLER_SHADOW);
     headers::set_forwarded(
         &mut headers,
         &ForwardedFor {
             client_ip: ctx.client.ip,
-            peer_ip: ctx.conn.peer.ip(),
+            peer: &ctx.conn.peer_headers,
             chain: ctx.client.chain.as_ref(),
             proto: ctx.conn.proto,
             host,
@@ -207,8 +204,8 @@ fn upstream_head(
     }
     match &route.host_rewrite {
         HostRewrite::PassThrough => {
-            if let Some(value) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-                headers.insert(header::HOST, value);
+            if let Some(value) = host {
+                headers.insert(header::HOST, value.clone());
             }
         }
         HostRewrite::Literal(value) => {
@@ -235,6 +232,7 @@ fn upstream_head(
         path_and_query,
         headers,
         is_upgrade,
+        has_idempotency_key,
     }
 }
 
@@ -286,6 +284,7 @@ fn finish(
         }
     };
     let status = response.status().as_u16();
+    let _ = ctx.backend.set(backend);
     let now = std::time::Instant::now();
     let elapsed = now.saturating_duration_since(ctx.started);
     if snapshot.server.has_server_timing {
@@ -293,10 +292,14 @@ fn finish(
             .upstream_started
             .get()
             .map(|sent| now.saturating_duration_since(*sent));
+        let name = snapshot
+            .server
+            .has_server_timing_backend
+            .then(|| &*snapshot.backend(backend).name);
         // Appended: a backend's own Server-Timing entries stay.
         response.headers_mut().append(
             &timing::SERVER_TIMING,
-            timing::server_timing(elapsed, upstream),
+            timing::server_timing(elapsed, upstream, name),
         );
     }
     let is_failure = error.is_some()

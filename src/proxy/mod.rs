@@ -28,12 +28,13 @@ use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
 use crate::metrics::Metrics;
-use crate::routing::{RequestView, Snapshot, DEFAULT_ROUTE};
+use crate::routing::{BackendId, RequestView, Route, Snapshot, DEFAULT_ROUTE};
 use crate::shadow::Mirror;
+use crate::telemetry::{PendingSpan, Spans};
 
 pub use self::client::{client_addr, BadCidr, ClientAddr, TrustedProxies};
 pub use self::error::{json_error, ProxyError};
-pub(crate) use self::trace::TraceContext;
+pub(crate) use self::trace::{Sampling, TraceContext};
 pub use self::trace::{TRACEPARENT, TRACESTATE};
 
 /// What every request needs, shared by all connections.
@@ -41,14 +42,29 @@ pub struct Shared {
     pub table: Arc<ArcSwap<Snapshot>>,
     pub metrics: Metrics,
     pub mirror: Mirror,
+    /// Where server spans go, with `server.tracing` on; `None` costs one
+    /// branch per request.
+    pub spans: Option<Spans>,
 }
 
 /// The client side of one connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     /// `http` or `https`, for `X-Forwarded-Proto`.
     pub proto: &'static str,
+    /// Forwarding headers built once for the connection.
+    pub peer_headers: Arc<headers::PeerHeaders>,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, proto: &'static str) -> Self {
+        ConnInfo {
+            peer,
+            proto,
+            peer_headers: Arc::new(headers::PeerHeaders::new(peer.ip())),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -70,7 +86,7 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let shared = self.shared.clone();
-        let conn = self.conn;
+        let conn = self.conn.clone();
         Box::pin(async move { Ok(handle(&shared, conn, req).await) })
     }
 }
@@ -87,44 +103,80 @@ pub(crate) struct RequestCtx {
     /// the time from here to the answer as upstream time. Unset when the
     /// request never got that far (refused by the proxy).
     pub upstream_started: OnceLock<Instant>,
+    /// The backend whose answer the client got (fallbacks included). Unset
+    /// when the request never reached a route.
+    pub backend: OnceLock<BackendId>,
 }
 
 async fn handle(shared: &Shared, conn: ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
     // One refcount: requests in flight finish on the snapshot they started with.
     let snapshot = shared.table.load_full();
+    let sampling = shared
+        .spans
+        .as_ref()
+        .map_or(Sampling::ALWAYS, Spans::sampling);
     let ctx = RequestCtx {
         client: client_addr(req.headers(), conn.peer, &snapshot.server.trusted_proxies),
         started: Instant::now(),
         request_id: headers::request_id(req.headers()),
-        trace: TraceContext::from_headers(req.headers()),
+        trace: TraceContext::from_headers(req.headers(), sampling),
         conn,
         upstream_started: OnceLock::new(),
+        backend: OnceLock::new(),
     };
+    let span = match &shared.spans {
+        Some(spans) => PendingSpan::start(spans, &ctx, &req),
+        None => None,
+    };
+    let (response, route) = respond(shared, &snapshot, &ctx, req).await;
+    match span {
+        Some(span) => {
+            let backend = ctx.backend.get().map(|id| &*snapshot.backend(*id).name);
+            span.finish(response, route.map(|r| &*r.name), backend)
+        }
+        None => response,
+    }
+}
+
+/// Refuses the request, or routes and forwards it; also says which route
+/// took it.
+async fn respond<'s>(
+    shared: &Shared,
+    snapshot: &'s Snapshot,
+    ctx: &RequestCtx,
+    req: Request<Incoming>,
+) -> (Response<ProxyBody>, Option<&'s Route>) {
     if let Err(err) = framing::check(&req, &snapshot.server.limits) {
-        return close_after(reject(err.into(), &ctx, &req), req.version());
+        return (
+            close_after(reject(err.into(), ctx, &req), req.version()),
+            None,
+        );
     }
     let path = match path::normalize(req.uri().path()) {
         Ok(path) => path.into_owned(),
-        Err(err) => return reject(ProxyError::BadPath(err), &ctx, &req),
+        Err(err) => return (reject(ProxyError::BadPath(err), ctx, &req), None),
     };
     let Ok(host) = request_host(&req) else {
-        return reject(ProxyError::BadHost, &ctx, &req);
+        return (reject(ProxyError::BadHost, ctx, &req), None);
     };
     let decision = snapshot.select(&RequestView {
         method: req.method(),
         path: &path,
         query: req.uri().query(),
-        host: host.as_deref().map(host_without_port),
+        host: host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .map(host_without_port),
         headers: req.headers(),
         client_ip: ctx.client.ip,
     });
     let (version, must_close) = (req.version(), framing::must_close_after(req.headers()));
     let response =
-        forward::forward(&shared.mirror, &snapshot, &decision, req, &path, host, &ctx).await;
+        forward::forward(&shared.mirror, snapshot, &decision, req, &path, host, ctx).await;
     if must_close && response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-        return close_after(response, version);
+        return (close_after(response, version), Some(decision.route));
     }
-    response
+    (response, Some(decision.route))
 }
 
 /// Asks hyper to close an HTTP/1 connection once `response` is sent.
@@ -139,19 +191,22 @@ fn close_after(mut response: Response<ProxyBody>, version: Version) -> Response<
 }
 
 /// The host the client addressed: the URI authority (HTTP/2, absolute
-/// form) or the `Host` header. HTTP/1.1 requires one (RFC 9112 §3.2).
-fn request_host(req: &Request<Incoming>) -> Result<Option<String>, ()> {
+/// form) or the `Host` header, validated as an authority. HTTP/1.1 requires
+/// one (RFC 9112 §3.2). A `Host` header is passed on as it came: its value
+/// shares hyper's read buffer, so this copies nothing.
+fn request_host(req: &Request<Incoming>) -> Result<Option<HeaderValue>, ()> {
     if let Some(authority) = req.uri().authority() {
-        return Ok(Some(authority.as_str().to_string()));
+        return HeaderValue::from_str(authority.as_str())
+            .map(Some)
+            .map_err(|_| ());
     }
     match req.headers().get(header::HOST) {
         Some(value) => {
-            let text = value.to_str().map_err(|_| ())?;
-            let authority: http::uri::Authority = text.parse().map_err(|_| ())?;
+            let authority = http::uri::Authority::try_from(value.as_bytes()).map_err(|_| ())?;
             if authority.as_str().contains('@') {
                 return Err(());
             }
-            Ok(Some(authority.as_str().to_string()))
+            Ok(Some(value.clone()))
         }
         None if req.version() == Version::HTTP_11 => Err(()),
         None => Ok(None),

@@ -2,9 +2,11 @@
 //! of the time to response headers, for a browser's devtools or a client log.
 //!
 //! Off unless `server: { server_timing: true }`: it tells anyone who asks
-//! how long the backends take. Backend names are never included.
+//! how long the backends take. The backend's name is added only on request
+//! (`server_timing: { backend_name: true }`), since it tells them which
+//! service answered too.
 
-use std::io::Write;
+use std::io::{Cursor, Write};
 use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
@@ -15,27 +17,60 @@ pub static SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 /// the time from sending the request upstream to the answer's headers (every
 /// attempt, fallbacks and retries included); `X` is the rest of `total`, the
 /// time spent in the proxy itself. Without `upstream` (the proxy answered
-/// on its own) there is only `proxy`.
-pub(crate) fn server_timing(total: Duration, upstream: Option<Duration>) -> HeaderValue {
+/// on its own) there is only `proxy`. With `backend`, the upstream entry
+/// also carries `desc="NAME"`, the backend that answered, as a quoted
+/// string (RFC 9110 §5.6.4).
+pub(crate) fn server_timing(
+    total: Duration,
+    upstream: Option<Duration>,
+    backend: Option<&str>,
+) -> HeaderValue {
     let proxy = total.saturating_sub(upstream.unwrap_or_default());
-    // On the stack: two numbers of at most 20 digits and the names fit.
-    let mut buf = [0u8; 96];
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    let written = match upstream {
-        Some(upstream) => write!(
-            cursor,
-            "proxy;dur={:.3}, upstream;dur={:.3}",
-            ms(proxy),
-            ms(upstream)
-        ),
-        None => write!(cursor, "proxy;dur={:.3}", ms(proxy)),
-    };
-    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    // On the stack: two numbers of at most 20 digits, the names and a
+    // backend name of a hundred-odd bytes fit. A longer name is left out
+    // rather than allocated for.
+    let mut buf = [0u8; 256];
+    let written = write_entries(&mut buf, proxy, upstream, backend)
+        .or_else(|| write_entries(&mut buf, proxy, upstream, None));
     match written {
-        Ok(()) => HeaderValue::from_bytes(&buf[..len]).expect("digits, letters and punctuation"),
+        // Only bytes a header value allows are written (see `write_desc`).
+        Some(len) => HeaderValue::from_bytes(&buf[..len])
+            .unwrap_or_else(|_| HeaderValue::from_static("proxy")),
         // Only a duration of billions of years overflows the buffer.
-        Err(_) => HeaderValue::from_static("proxy"),
+        None => HeaderValue::from_static("proxy"),
     }
+}
+
+/// Writes the entries into `buf`; the length, or `None` when they do not fit.
+fn write_entries(
+    buf: &mut [u8],
+    proxy: Duration,
+    upstream: Option<Duration>,
+    backend: Option<&str>,
+) -> Option<usize> {
+    let mut cursor = Cursor::new(buf);
+    write!(cursor, "proxy;dur={:.3}", ms(proxy)).ok()?;
+    if let Some(upstream) = upstream {
+        write!(cursor, ", upstream;dur={:.3}", ms(upstream)).ok()?;
+        if let Some(name) = backend {
+            write_desc(&mut cursor, name)?;
+        }
+    }
+    usize::try_from(cursor.position()).ok()
+}
+
+/// `;desc="NAME"`: `"` and `\` escaped with `\`; control characters,
+/// which no header value may hold, become `?`.
+fn write_desc(cursor: &mut Cursor<&mut [u8]>, name: &str) -> Option<()> {
+    cursor.write_all(b";desc=\"").ok()?;
+    for &b in name.as_bytes() {
+        match b {
+            b'"' | b'\\' => cursor.write_all(&[b'\\', b]).ok()?,
+            b'\t' | 0x20..=0x7e | 0x80..=0xff => cursor.write_all(&[b]).ok()?,
+            _ => cursor.write_all(b"?").ok()?,
+        }
+    }
+    cursor.write_all(b"\"").ok()
 }
 
 fn ms(duration: Duration) -> f64 {
@@ -51,6 +86,7 @@ mod tests {
         let value = server_timing(
             Duration::from_micros(12_500),
             Some(Duration::from_micros(10_250)),
+            None,
         );
         assert_eq!(value, "proxy;dur=2.250, upstream;dur=10.250");
     }
@@ -58,14 +94,55 @@ mod tests {
     #[test]
     fn an_answer_without_a_backend_has_only_proxy_time() {
         assert_eq!(
-            server_timing(Duration::from_nanos(1_500), None),
+            server_timing(Duration::from_nanos(1_500), None, Some("orders")),
             "proxy;dur=0.002"
         );
     }
 
     #[test]
     fn upstream_longer_than_total_gives_zero_proxy_time() {
-        let value = server_timing(Duration::from_millis(1), Some(Duration::from_millis(2)));
+        let value = server_timing(
+            Duration::from_millis(1),
+            Some(Duration::from_millis(2)),
+            None,
+        );
         assert_eq!(value, "proxy;dur=0.000, upstream;dur=2.000");
+    }
+
+    #[test]
+    fn the_backend_name_is_a_quoted_string_on_the_upstream_entry() {
+        let value = server_timing(
+            Duration::from_micros(12_500),
+            Some(Duration::from_micros(10_250)),
+            Some("orders-svc"),
+        );
+        assert_eq!(
+            value,
+            "proxy;dur=2.250, upstream;dur=10.250;desc=\"orders-svc\""
+        );
+    }
+
+    #[test]
+    fn quotes_and_backslashes_in_the_name_are_escaped_and_controls_replaced() {
+        let value = server_timing(
+            Duration::from_millis(2),
+            Some(Duration::from_millis(1)),
+            Some("a\"b\\c\u{7f}d"),
+        );
+        assert_eq!(
+            value,
+            r#"proxy;dur=1.000, upstream;dur=1.000;desc="a\"b\\c?d""#
+        );
+    }
+
+    #[test]
+    fn a_name_too_long_for_the_buffer_is_left_out() {
+        let name = "x".repeat(400);
+        let value = server_timing(
+            Duration::from_millis(2),
+            Some(Duration::from_millis(1)),
+            Some(&name),
+        );
+        assert_eq!(value, "proxy;dur=1.000, upstream;dur=1.000");
     }
 }

@@ -8,6 +8,10 @@
 //! span); the access log and error bodies show the trace id as a slice of
 //! it. Per request that is one random number or two, one header value
 //! built, and no string formatting.
+//!
+//! With `server.tracing` on, the same ids are those of the server span the
+//! proxy exports (`telemetry::otlp`), and `sample_ratio` decides whether a
+//! trace the proxy starts is sampled; a continued trace keeps its flags.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
@@ -22,26 +26,62 @@ const FLAGS: std::ops::Range<usize> = 53..55;
 /// `sampled` (bit 0) and Trace Context level 2's `random` (bit 1); the
 /// spec reserves the others, which a sender must set to zero.
 const KNOWN_FLAGS: u8 = 0b11;
-/// A trace the proxy starts is marked sampled: the point of the trace id
+/// The `sampled` flag. A trace the proxy starts is marked sampled unless
+/// `server.tracing.sample_ratio` says otherwise: the point of the trace id
 /// in our logs is to find the same request in the services' traces, and
 /// services that sample by their parent would otherwise drop it.
-const NEW_TRACE_FLAGS: u8 = 0b01;
+const SAMPLED: u8 = 0b01;
 const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Which of the traces the proxy starts are sampled: those whose trace id's
+/// low 64 bits fall below a threshold, as OpenTelemetry's
+/// `TraceIdRatioBased` sampler decides, so that the choice is a property
+/// of the trace id. Continued traces keep the client's flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sampling {
+    /// `ratio × 2⁶⁴`: 0 samples nothing, 2⁶⁴ everything.
+    threshold: u128,
+}
+
+impl Sampling {
+    /// Every trace the proxy starts is sampled (the default).
+    pub(crate) const ALWAYS: Sampling = Sampling { threshold: 1 << 64 };
+
+    /// `ratio` in 0..=1; values outside are clamped (config validates them).
+    pub(crate) fn ratio(ratio: f64) -> Sampling {
+        let ratio = if ratio.is_nan() {
+            0.0
+        } else {
+            ratio.clamp(0.0, 1.0)
+        };
+        // f64 → u128 saturates; 2⁶⁴ is exact in f64.
+        Sampling {
+            threshold: (ratio * 18_446_744_073_709_551_616.0) as u128,
+        }
+    }
+
+    fn is_sampled(self, trace_id: u128) -> bool {
+        u128::from(trace_id as u64) < self.threshold
+    }
+}
 
 /// The trace this request belongs to and the proxy's span in it.
 #[derive(Debug, Clone)]
 pub(crate) struct TraceContext {
     /// The `traceparent` the backend gets. ASCII by construction.
     traceparent: [u8; TRACEPARENT_LEN],
-    /// Whether the client's `traceparent` was valid. Its `tracestate`
-    /// belongs to that trace, so it is passed on only in that case.
-    is_continued: bool,
+    /// The client's span id (16 hex digits) when its `traceparent` was
+    /// valid: the parent of the proxy's span. Its `tracestate` belongs to
+    /// that trace, so it is passed on only in that case.
+    parent_span_id: Option<[u8; 16]>,
+    /// The `sampled` flag sent upstream.
+    is_sampled: bool,
 }
 
 impl TraceContext {
     /// Continues the trace of a valid `traceparent`; otherwise (absent,
-    /// invalid, or sent twice) starts a new trace.
-    pub(crate) fn from_headers(headers: &HeaderMap) -> TraceContext {
+    /// invalid, or sent twice) starts a new trace, sampled as `sampling` says.
+    pub(crate) fn from_headers(headers: &HeaderMap, sampling: Sampling) -> TraceContext {
         let mut values = headers.get_all(&TRACEPARENT).iter();
         let parent = match (values.next(), values.next()) {
             (Some(value), None) => parse(value.as_bytes()),
@@ -50,28 +90,31 @@ impl TraceContext {
         };
         let mut traceparent = [b'-'; TRACEPARENT_LEN];
         traceparent[..2].copy_from_slice(b"00");
-        let is_continued = match parent {
+        let (parent_span_id, flags) = match parent {
             Some(parent) => {
                 traceparent[TRACE_ID].copy_from_slice(&parent.trace_id);
-                write_hex(
-                    &mut traceparent[FLAGS],
-                    u128::from(parent.flags & KNOWN_FLAGS),
-                );
-                true
+                (Some(parent.span_id), parent.flags & KNOWN_FLAGS)
             }
             None => {
-                write_hex(&mut traceparent[TRACE_ID], nonzero(|| fastrand::u128(..)));
-                write_hex(&mut traceparent[FLAGS], u128::from(NEW_TRACE_FLAGS));
-                false
+                let trace_id = nonzero(|| fastrand::u128(..));
+                write_hex(&mut traceparent[TRACE_ID], trace_id);
+                let flags = if sampling.is_sampled(trace_id) {
+                    SAMPLED
+                } else {
+                    0
+                };
+                (None, flags)
             }
         };
+        write_hex(&mut traceparent[FLAGS], u128::from(flags));
         write_hex(
             &mut traceparent[SPAN_ID],
             u128::from(nonzero(|| fastrand::u64(..))),
         );
         TraceContext {
             traceparent,
-            is_continued,
+            parent_span_id,
+            is_sampled: flags & SAMPLED != 0,
         }
     }
 
@@ -85,13 +128,25 @@ impl TraceContext {
         std::str::from_utf8(&self.traceparent[SPAN_ID]).unwrap_or_default()
     }
 
+    /// The client's span, the parent of the proxy's: 16 hex digits, or
+    /// `None` when the proxy started the trace.
+    pub(crate) fn parent_span_id(&self) -> Option<&str> {
+        let id = self.parent_span_id.as_ref()?;
+        std::str::from_utf8(id).ok()
+    }
+
+    /// Whether the trace is sampled (the flag the backend gets).
+    pub(crate) fn is_sampled(&self) -> bool {
+        self.is_sampled
+    }
+
     /// Sets `traceparent` for the backend, and drops a `tracestate` that
     /// came with an invalid or absent parent.
     pub(crate) fn apply(&self, headers: &mut HeaderMap) {
         let value = HeaderValue::from_bytes(&self.traceparent)
             .expect("hex digits and dashes are a valid header value");
         headers.insert(&TRACEPARENT, value);
-        if !self.is_continued {
+        if self.parent_span_id.is_none() {
             headers.remove(&TRACESTATE);
         }
     }
@@ -101,6 +156,8 @@ impl TraceContext {
 struct Parent {
     /// Lowercase hex, as received.
     trace_id: [u8; 32],
+    /// Lowercase hex, as received.
+    span_id: [u8; 16],
     flags: u8,
 }
 
@@ -131,9 +188,11 @@ fn parse(value: &[u8]) -> Option<Parent> {
     let flags = hex_value(&value[FLAGS])?;
     let mut parent = Parent {
         trace_id: [0; 32],
+        span_id: [0; 16],
         flags: flags as u8,
     };
     parent.trace_id.copy_from_slice(trace_id);
+    parent.span_id.copy_from_slice(span_id);
     Some(parent)
 }
 
@@ -184,7 +243,7 @@ mod tests {
         for value in values {
             headers.append(&TRACEPARENT, value.parse().unwrap());
         }
-        TraceContext::from_headers(&headers)
+        TraceContext::from_headers(&headers, Sampling::ALWAYS)
     }
 
     fn assert_well_formed(ctx: &TraceContext) {
@@ -199,7 +258,7 @@ mod tests {
     fn a_valid_parent_is_continued_with_a_new_span() {
         let ctx = context(&[VALID]);
         assert_well_formed(&ctx);
-        assert!(ctx.is_continued);
+        assert!(ctx.parent_span_id.is_some());
         assert_eq!(ctx.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_ne!(ctx.span_id(), "00f067aa0ba902b7");
         assert!(std::str::from_utf8(&ctx.traceparent)
@@ -211,7 +270,7 @@ mod tests {
     fn a_missing_parent_starts_a_sampled_trace() {
         let (a, b) = (context(&[]), context(&[]));
         assert_well_formed(&a);
-        assert!(!a.is_continued);
+        assert!(a.parent_span_id.is_none());
         assert_ne!(a.trace_id(), b.trace_id());
         assert!(std::str::from_utf8(&a.traceparent)
             .unwrap()
@@ -237,7 +296,7 @@ mod tests {
         ];
         for value in invalid {
             let ctx = context(&[value]);
-            assert!(!ctx.is_continued, "{value:?} was accepted");
+            assert!(ctx.parent_span_id.is_none(), "{value:?} was accepted");
             assert_ne!(
                 ctx.trace_id(),
                 "4bf92f3577b34da6a3ce929d0e0e4736",
@@ -251,7 +310,7 @@ mod tests {
     fn a_later_version_is_read_by_its_first_fields() {
         let ctx =
             context(&["cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09-what-comes-next"]);
-        assert!(ctx.is_continued);
+        assert!(ctx.parent_span_id.is_some());
         assert_eq!(ctx.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
         // Sent on as version 00, reserved flag bits cleared.
         assert!(std::str::from_utf8(&ctx.traceparent)
@@ -263,9 +322,39 @@ mod tests {
     }
 
     #[test]
+    fn a_continued_trace_keeps_its_parent_and_flag() {
+        let ctx = context(&[VALID]);
+        assert_eq!(ctx.parent_span_id(), Some("00f067aa0ba902b7"));
+        assert!(ctx.is_sampled());
+        let unsampled = context(&["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"]);
+        assert!(!unsampled.is_sampled());
+        // The ratio applies to new traces only.
+        let mut headers = HeaderMap::new();
+        headers.insert(&TRACEPARENT, VALID.parse().unwrap());
+        assert!(TraceContext::from_headers(&headers, Sampling::ratio(0.0)).is_sampled());
+    }
+
+    #[test]
+    fn sample_ratio_decides_new_traces_and_sets_the_flag() {
+        let never = TraceContext::from_headers(&HeaderMap::new(), Sampling::ratio(0.0));
+        assert!(!never.is_sampled());
+        assert!(std::str::from_utf8(&never.traceparent)
+            .unwrap()
+            .ends_with("-00"));
+        assert!(TraceContext::from_headers(&HeaderMap::new(), Sampling::ratio(1.0)).is_sampled());
+        assert_eq!(Sampling::ratio(1.0), Sampling::ALWAYS);
+        // By the trace id's low 64 bits, as TraceIdRatioBased.
+        let half = Sampling::ratio(0.5);
+        assert!(half.is_sampled(0xffff_0000_0000_0000_7fff_ffff_ffff_ffff));
+        assert!(!half.is_sampled(0x0000_0000_0000_0000_8000_0000_0000_0000));
+        assert!(Sampling::ALWAYS.is_sampled(u128::MAX));
+        assert!(!Sampling::ratio(f64::NAN).is_sampled(0));
+    }
+
+    #[test]
     fn two_parents_are_not_believed() {
         let ctx = context(&[VALID, VALID]);
-        assert!(!ctx.is_continued);
+        assert!(ctx.parent_span_id.is_none());
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         accepted.inc();
         let slot = Slot::take(&open, &open_gauge);
-        let service = ProxyService::new(shared.clone(), ConnInfo { peer, proto });
+        let service = ProxyService::new(shared.clone(), ConnInfo::new(peer, proto));
         let connection = Connection {
             builder,
             service,
@@ -120,7 +120,11 @@ fn http_builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
     let mut http1 = builder.http1();
     http1
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // `WireIo` keeps the head timeout instead (`server::head_timeout`):
+        // hyper's closes without an answer, and its clock would also end
+        // the idle time of keep-alive connections, which is
+        // `keepalive_timeout`'s job.
+        .header_read_timeout(None)
         // The head must fit in the read buffer: a larger one gets 431.
         .max_buf_size(limits.max_header_bytes);
     // hyper's own limit is 100 headers; setting it explicitly makes hyper
@@ -220,7 +224,12 @@ impl Connection {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let activity = Arc::new(AtomicBool::new(false));
-        let io = TokioIo::new(WireIo::new(io, activity.clone(), check_heads));
+        let io = TokioIo::new(WireIo::new(
+            io,
+            activity.clone(),
+            check_heads,
+            self.limits.header_read_timeout,
+        ));
         let service = self.service.clone();
         let connection = self.builder.serve_connection_with_upgrades(
             io,

@@ -4,6 +4,7 @@
 //! `run` is the library's entry point: it takes bound listeners and a
 //! shutdown future, so tests and `main` start the proxy the same way.
 
+mod head_timeout;
 mod listener;
 mod settings;
 mod wire;
@@ -28,6 +29,7 @@ use crate::metrics::{Metrics, PROXY_LISTENER};
 use crate::proxy::Shared;
 use crate::reload::Reloader;
 use crate::shadow::{Mirror, Outcome, OutcomeHook};
+use crate::telemetry::{otlp, OtlpError};
 
 /// The `listener` label of the TLS listener's connection metrics.
 pub const TLS_LISTENER: &str = "tls";
@@ -62,6 +64,10 @@ pub enum RunError {
 
     #[error("a TLS listener was given but the routes set no `server.tls` certificates")]
     NoCertificates,
+
+    // Boxed: an exporter's error is large and rare.
+    #[error("cannot start the span export of `server.tracing`")]
+    Tracing(#[source] Box<OtlpError>),
 }
 
 /// Serves the proxy on `listener` and the admin API on `admin` until
@@ -124,10 +130,20 @@ pub async fn serve(
         Some(gate_hook(migrations.clone())),
         &shadow_settings,
     );
+    let (spans, span_export) = match table.load().server.tracing.as_ref() {
+        Some(settings) => {
+            let (spans, export) =
+                otlp::start(settings, &metrics).map_err(|err| RunError::Tracing(Box::new(err)))?;
+            tracing::info!(endpoint = %settings.endpoint, sample_ratio = settings.sample_ratio, "exporting server spans over OTLP");
+            (Some(spans), Some(export))
+        }
+        None => (None, None),
+    };
     let shared = Arc::new(Shared {
         table: table.clone(),
         metrics: metrics.clone(),
         mirror: mirror.clone(),
+        spans,
     });
     let gate = migrations.clone().spawn_gate();
     let reloader = Arc::new(reloader);
@@ -183,6 +199,10 @@ pub async fn serve(
     tokio::select! {
         () = stop.closed() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
+    }
+    // After the drain, so that the last requests' spans are in the queue.
+    if let Some(export) = span_export {
+        export.flush().await;
     }
     admin_task.abort();
     gate.abort();

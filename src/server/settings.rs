@@ -10,6 +10,7 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use crate::proxy::TrustedProxies;
+use crate::telemetry::OtlpSettings;
 use crate::tls::Certificates;
 
 /// Everything `server:` sets.
@@ -26,7 +27,12 @@ pub struct ServerSettings {
     /// Answers carry `Server-Timing` (proxy and upstream time). Off by
     /// default: it shows anyone how long the backends take.
     pub has_server_timing: bool,
+    /// `Server-Timing` names the backend that answered (`desc`). Off by
+    /// default: it tells any client which service is behind a path.
+    pub has_server_timing_backend: bool,
     pub shadow: ShadowSettings,
+    /// OTLP export of server spans; read at start, like `shadow`.
+    pub tracing: Option<OtlpSettings>,
 }
 
 /// Bounds of the shadow pipeline; applied at start (a reload does not
@@ -60,7 +66,9 @@ impl Default for ServerSettings {
             trusted_proxies: TrustedProxies::default(),
             tls: None,
             has_server_timing: false,
+            has_server_timing_backend: false,
             shadow: ShadowSettings::default(),
+            tracing: None,
         }
     }
 }
@@ -68,9 +76,11 @@ impl Default for ServerSettings {
 /// Per-connection limits: what a slow or hostile client may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnLimits {
-    /// A request head (HTTP/1) must arrive whole within this time; it also
-    /// bounds how long an idle HTTP/1 keep-alive connection waits for the
-    /// next request, since hyper starts the clock when it waits for a head.
+    /// HTTP/1: a request head must arrive whole within this time of its
+    /// first byte (else 408 and close), and a new connection's first byte
+    /// within this time of the accept or TLS handshake (else a silent
+    /// close). Idle time between requests is `keepalive_timeout`'s. See
+    /// `server::head_timeout`.
     pub header_read_timeout: Duration,
     /// Request line plus headers (HTTP/1), or the header list (HTTP/2);
     /// 431 beyond. hyper needs at least 8 KiB, which `compile` checks.

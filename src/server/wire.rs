@@ -1,6 +1,7 @@
 //! The client connection's bytes, below hyper: activity for the idle
-//! timeout, and an HTTP/1 head check for what hyper's parser accepts or
-//! erases before the proxy could see it.
+//! timeout, the request head timeout (`head_timeout`), and an HTTP/1 head
+//! check for what hyper's parser accepts or erases before the proxy could
+//! see it.
 //!
 //! hyper (httparse) takes a bare LF as a line end, as RFC 9112 §2.2 allows,
 //! and when a request has both `Content-Length` and `Transfer-Encoding` it
@@ -24,8 +25,11 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::head_timeout::HeadTimeout;
 
 pin_project_lite::pin_project! {
     /// A client connection's byte stream, watched.
@@ -34,12 +38,19 @@ pin_project_lite::pin_project! {
         inner: IO,
         activity: Arc<AtomicBool>,
         check: HeadCheck,
+        clock: HeadTimeout,
     }
 }
 
 impl<IO> WireIo<IO> {
-    /// `check_heads: false` for a connection known to speak HTTP/2 (ALPN).
-    pub fn new(inner: IO, activity: Arc<AtomicBool>, check_heads: bool) -> Self {
+    /// `check_heads: false` for a connection known to speak HTTP/2 (ALPN):
+    /// neither the head check nor the head timeout applies.
+    pub fn new(
+        inner: IO,
+        activity: Arc<AtomicBool>,
+        check_heads: bool,
+        header_read_timeout: Duration,
+    ) -> Self {
         let mut check = HeadCheck::default();
         if !check_heads {
             check.state = State::Passthrough;
@@ -48,19 +59,32 @@ impl<IO> WireIo<IO> {
             inner,
             activity,
             check,
+            clock: HeadTimeout::new(header_read_timeout, check_heads),
         }
     }
 }
 
-impl<IO: AsyncRead> AsyncRead for WireIo<IO> {
+impl<IO: AsyncRead + AsyncWrite> AsyncRead for WireIo<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.project();
+        let mut this = self.project();
+        if !this.clock.is_running() {
+            return this.clock.poll_close(this.inner, cx);
+        }
         let before = buf.filled().len();
-        ready!(this.inner.poll_read(cx, buf))?;
+        if this.inner.as_mut().poll_read(cx, buf)?.is_pending() {
+            // Nothing to read: the head may be out of time. A 408 needs a
+            // begun request line, whose bytes wait in hyper's buffer until
+            // the head parses; hyper reads with bytes buffered only to
+            // parse a head, never while it answers, so the 408 cannot land
+            // inside a response (and see `HeadTimeout::has_unflushed_writes`).
+            ready!(this.clock.poll_deadline(cx));
+            this.clock.expire(this.check.has_request_line());
+            return this.clock.poll_close(this.inner, cx);
+        }
         if this.check.state == State::Refused {
             // Everything hyper needs to refuse the head has been handed over.
             buf.set_filled(before);
@@ -74,6 +98,7 @@ impl<IO: AsyncRead> AsyncRead for WireIo<IO> {
                 let room = buf.remaining().min(REFUSED_TAIL.len());
                 buf.put_slice(&REFUSED_TAIL[..room]);
             }
+            this.clock.track(this.check.is_in_head());
         }
         Poll::Ready(Ok(()))
     }
@@ -86,6 +111,7 @@ impl<IO: AsyncWrite> AsyncWrite for WireIo<IO> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
+        this.clock.on_write();
         let written = ready!(this.inner.poll_write(cx, buf))?;
         this.activity.store(true, Ordering::Relaxed);
         Poll::Ready(Ok(written))
@@ -97,6 +123,7 @@ impl<IO: AsyncWrite> AsyncWrite for WireIo<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
+        this.clock.on_write();
         let written = ready!(this.inner.poll_write_vectored(cx, bufs))?;
         this.activity.store(true, Ordering::Relaxed);
         Poll::Ready(Ok(written))
@@ -107,7 +134,10 @@ impl<IO: AsyncWrite> AsyncWrite for WireIo<IO> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
+        let this = self.project();
+        ready!(this.inner.poll_flush(cx))?;
+        this.clock.on_flush();
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -161,9 +191,26 @@ pub struct HeadCheck {
     has_length: bool,
     has_encoding: bool,
     is_tunnel: bool,
+    /// A byte of the next head (a blank line before it included) arrived.
+    has_head_bytes: bool,
 }
 
 impl HeadCheck {
+    /// Whether bytes of a head arrived and the head has not ended (nor
+    /// been refused, nor stopped being followed).
+    pub fn is_in_head(&self) -> bool {
+        self.has_head_bytes
+            && matches!(
+                self.state,
+                State::Start | State::RequestLine | State::Headers
+            )
+    }
+
+    /// Whether a request line has begun: more than blank lines arrived.
+    pub fn has_request_line(&self) -> bool {
+        matches!(self.state, State::RequestLine | State::Headers)
+    }
+
     /// Follows freshly read bytes; returns the offset of the byte that
     /// makes a head refused, if any.
     pub fn inspect(&mut self, bytes: &[u8]) -> Option<usize> {
@@ -180,6 +227,7 @@ impl HeadCheck {
                     };
                 }
                 State::Start | State::RequestLine | State::Headers => {
+                    self.has_head_bytes = true;
                     if self.head_byte(bytes[i]).is_err() {
                         self.state = State::Refused;
                         return Some(i);
@@ -295,6 +343,7 @@ impl HeadCheck {
             State::Start
         };
         (self.has_length, self.has_encoding, self.is_tunnel) = (false, false, false);
+        self.has_head_bytes = false;
         (self.length, self.digits, self.digits_done) = (0, 0, false);
         Ok(())
     }

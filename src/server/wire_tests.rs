@@ -80,3 +80,19 @@ fn stops_looking_after_chunked_bodies_upgrades_and_h2() {
     ));
     assert!(!is_refused(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\n\n"));
 }
+
+#[test]
+fn a_head_in_progress_is_known_and_bodies_are_not_heads() {
+    let mut check = HeadCheck::default();
+    assert!(!check.is_in_head());
+    check.inspect(b"\r\n");
+    assert!(check.is_in_head() && !check.has_request_line());
+    check.inspect(b"GET / HTTP/1.1\r\nHost: a\r\n");
+    assert!(check.is_in_head() && check.has_request_line());
+    check.inspect(b"\r\nPOST / HTTP/1.1\r\nContent-Length: 2\r\n\r\na");
+    assert!(!check.is_in_head(), "in a body");
+    check.inspect(b"b");
+    assert!(!check.is_in_head(), "between requests");
+    check.inspect(b"G");
+    assert!(check.is_in_head() && check.has_request_line());
+}

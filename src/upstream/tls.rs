@@ -113,12 +113,13 @@ impl UpstreamTls {
                     .map_err(|e| (UpstreamTlsField::Cert, e))?;
                 let key_pem = read_file(key, &mut seen, &mut fingerprint)
                     .map_err(|e| (UpstreamTlsField::Key, e))?;
-                // Checks that the key matches the certificate, with a clear error.
-                certified_key(cert, &cert_pem, key, &key_pem)
-                    .map_err(|e| (UpstreamTlsField::Key, e))?;
+                // Each file's own error at its own key, before the pair is checked.
                 let chain =
                     parse_chain(cert, &cert_pem).map_err(|e| (UpstreamTlsField::Cert, e))?;
                 let private = parse_key(key, &key_pem).map_err(|e| (UpstreamTlsField::Key, e))?;
+                // Checks that the key matches the certificate, with a clear error.
+                certified_key(cert, &cert_pem, key, &key_pem)
+                    .map_err(|e| (UpstreamTlsField::Key, e))?;
                 builder
                     .with_client_auth_cert(chain, private)
                     .map_err(|source| {
@@ -135,15 +136,19 @@ impl UpstreamTls {
             (Some(_), None) => {
                 return Err((
                     UpstreamTlsField::Cert,
-                    TlsError::NoKey {
-                        path: PathBuf::from("(no `key` given)"),
+                    TlsError::Unpaired {
+                        given: "cert",
+                        missing: "key",
                     },
                 ))
             }
-            (None, Some(key)) => {
+            (None, Some(_)) => {
                 return Err((
                     UpstreamTlsField::Key,
-                    TlsError::NoCertificate { path: key.clone() },
+                    TlsError::Unpaired {
+                        given: "key",
+                        missing: "cert",
+                    },
                 ))
             }
             (None, None) => builder.with_no_client_auth(),

@@ -1,11 +1,19 @@
-//! Logging: the tracing subscriber, in text or JSON, filtered by `RUST_LOG`.
+//! Logging and spans: the tracing subscriber (text or JSON, filtered by
+//! `RUST_LOG`), and the optional OTLP export of the proxy's server spans.
 //!
 //! The access log is the `access` target at INFO, one line per request
 //! with route, backend, status, duration, request id, and the W3C trace id
 //! and the proxy's span id (`proxy::trace`), so a log line leads to the
-//! backends' traces of the same request.
+//! backends' traces of the same request. With `server.tracing` set, the
+//! same span is also exported to an OpenTelemetry collector (`otlp`).
+
+pub mod otlp;
+mod span;
 
 use tracing_subscriber::EnvFilter;
+
+pub use self::otlp::{OtlpError, OtlpSettings, SpanExport, Spans};
+pub(crate) use self::span::PendingSpan;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
