@@ -53,6 +53,7 @@ pub struct Families {
     pub fallbacks: IntCounterVec,
     pub retries: IntCounterVec,
     pub connections_open: IntGaugeVec,
+    pub connections_parked: IntGaugeVec,
     pub connections: IntCounterVec,
     pub shadow_requests: IntCounterVec,
     pub shadow_field_mismatches: IntCounterVec,
@@ -181,6 +182,7 @@ impl Metrics {
             fallbacks: b.counter("strangler_fallbacks_total", "Requests answered by the fallback backend.", &["route", "from", "to"]),
             retries: b.counter("strangler_retries_total", "Retries sent to a backend.", &["route", "backend"]),
             connections_open: b.gauge("strangler_connections_open", "Client connections open.", &["listener"]),
+            connections_parked: b.gauge("strangler_connections_parked", "Idle keep-alive connections parked: open, holding no buffers.", &["listener"]),
             connections: b.counter("strangler_connections_total", "Client connections accepted.", &["listener"]),
             shadow_requests: b.counter("strangler_shadow_requests_total", "Shadow comparisons, by outcome.", &["route", "outcome"]),
             shadow_field_mismatches: b.counter("strangler_shadow_field_mismatches_total", "Mismatching fields (bounded per route).", &["route", "field"]),
@@ -207,6 +209,9 @@ impl Metrics {
         }
         families
             .connections_open
+            .with_label_values(&[PROXY_LISTENER]);
+        families
+            .connections_parked
             .with_label_values(&[PROXY_LISTENER]);
         families.connections.with_label_values(&[PROXY_LISTENER]);
         for outcome in TRACE_SPAN_OUTCOMES {

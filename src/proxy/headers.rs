@@ -111,7 +111,11 @@ impl PeerHeaders {
             Some((for_host, value)) if for_host.as_ref() == host => value.clone(),
             _ => {
                 let value = forwarded_value(client_ip, proto, host);
-                *cached = Some((host.cloned(), value.clone()));
+                // A copy: the request's value shares hyper's read buffer,
+                // which the cache would otherwise keep for the connection's
+                // whole life (and a parked connection must hold none).
+                let host = host.and_then(|h| HeaderValue::from_bytes(h.as_bytes()).ok());
+                *cached = Some((host, value.clone()));
                 value
             }
         }

@@ -107,6 +107,19 @@ impl HeadTimeout {
         self.phase == Phase::Running
     }
 
+    /// For a parked connection taken up again: it is no new connection,
+    /// and its idle time is `keepalive_timeout`'s to end.
+    pub(crate) fn forget_first_byte(&mut self) {
+        if let Deadline::FirstByte(_) = self.deadline {
+            self.deadline = Deadline::Off;
+        }
+    }
+
+    /// Running with no deadline (between requests) and nothing unflushed.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.phase == Phase::Running && self.deadline == Deadline::Off && !self.has_unflushed_writes
+    }
+
     /// hyper writes to the client (or tries to).
     pub(crate) fn on_write(&mut self) {
         self.has_unflushed_writes = true;

@@ -5,7 +5,8 @@
 //! accepted, so a reload changes them for new connections without a
 //! restart; an open connection keeps the limits it started with.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +15,10 @@ use hyper_util::server::conn::auto;
 use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use super::park::{self, ConnActivity, Readiness, TrackedBody, PARK_AFTER};
 use super::settings::ConnLimits;
 use super::wire::WireIo;
 use crate::metrics::Metrics;
@@ -54,6 +56,9 @@ pub(crate) async fn serve(
         .connections_open
         .with_label_values(&[listener.label]);
     let accepted = metrics.connections.with_label_values(&[listener.label]);
+    let parked_gauge = metrics
+        .connections_parked
+        .with_label_values(&[listener.label]);
     let open = Arc::new(AtomicUsize::new(0));
     let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
     let mut cached: Option<(ConnLimits, auto::Builder<TokioExecutor>)> = None;
@@ -99,6 +104,7 @@ pub(crate) async fn serve(
             service,
             limits,
             stop: stop.clone(),
+            parked_gauge: parked_gauge.clone(),
             _slot: slot,
         };
         match &listener.tls {
@@ -195,12 +201,30 @@ impl Drop for Slot {
     }
 }
 
+/// Counts one in a gauge while it lives.
+struct GaugeGuard<'g>(&'g IntGauge);
+
+impl<'g> GaugeGuard<'g> {
+    fn inc(gauge: &'g IntGauge) -> Self {
+        gauge.inc();
+        GaugeGuard(gauge)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// One accepted connection, before its protocol is known.
 struct Connection {
     builder: auto::Builder<TokioExecutor>,
     service: ProxyService,
     limits: ConnLimits,
     stop: watch::Receiver<bool>,
+    /// `strangler_connections_parked` for this listener.
+    parked_gauge: IntGauge,
     _slot: Slot,
 }
 
@@ -219,25 +243,76 @@ impl Connection {
         }
     }
 
-    async fn serve<IO>(mut self, io: IO, check_heads: bool)
+    /// Serves the connection until it closes: with hyper while it is in
+    /// use, parked (`server::park`) while it waits between requests.
+    async fn serve<IO>(mut self, mut io: IO, check_heads: bool)
+    where
+        IO: AsyncRead + AsyncWrite + Readiness + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(ConnActivity::default());
+        let mut is_resumed = false;
+        loop {
+            let (home, mut parked) = oneshot::channel();
+            let mut wire = WireIo::new(
+                io,
+                activity.clone(),
+                check_heads,
+                self.limits.header_read_timeout,
+            )
+            .parkable(home);
+            if is_resumed {
+                wire = wire.resumed();
+            }
+            let quiet = self.serve_with_hyper(wire, &activity).await;
+            // The socket comes back only from a parked connection.
+            let Ok(back) = parked.try_recv() else {
+                return;
+            };
+            io = back;
+            let keepalive_left = self.limits.keepalive_timeout.saturating_sub(quiet);
+            let _parked = GaugeGuard::inc(&self.parked_gauge);
+            tokio::select! {
+                ready = park::readable(&io) => {
+                    if ready.is_err() {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep(keepalive_left) => return,
+                _ = self.stop.changed() => return,
+            }
+            is_resumed = true;
+        }
+    }
+
+    /// Runs hyper over `wire` until the connection ends or is parked;
+    /// returns how long it had been quiet by then.
+    async fn serve_with_hyper<IO>(
+        &mut self,
+        wire: WireIo<IO>,
+        activity: &Arc<ConnActivity>,
+    ) -> Duration
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let activity = Arc::new(AtomicBool::new(false));
-        let io = TokioIo::new(WireIo::new(
-            io,
-            activity.clone(),
-            check_heads,
-            self.limits.header_read_timeout,
-        ));
         let service = self.service.clone();
+        let tracker = activity.clone();
         let connection = self.builder.serve_connection_with_upgrades(
-            io,
-            hyper::service::service_fn(move |req| hyper::service::Service::call(&service, req)),
+            TokioIo::new(wire),
+            hyper::service::service_fn(move |req| {
+                let in_flight = tracker.enter();
+                let call = hyper::service::Service::call(&service, req);
+                async move {
+                    let response = call.await?;
+                    Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, in_flight)))
+                }
+            }),
         );
-        tokio::pin!(connection);
-        let idle = idle(&activity, self.limits.keepalive_timeout);
-        tokio::pin!(idle);
+        // Boxed: a parked connection's task keeps none of hyper's state.
+        let mut connection = Box::pin(connection);
+        let keepalive = self.limits.keepalive_timeout;
+        let tick = PARK_AFTER.min(keepalive / 2).max(Duration::from_millis(1));
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+        let mut quiet = Duration::ZERO;
         let mut is_draining = false;
         // Either signal asks hyper to finish what is in flight and close:
         // HTTP/1 after the current response, HTTP/2 with a GOAWAY.
@@ -247,35 +322,28 @@ impl Connection {
                     if let Err(err) = result {
                         tracing::debug!(error = %err, "connection ended with an error");
                     }
-                    break;
+                    return quiet;
                 }
                 _ = self.stop.changed(), if !is_draining => {
                     connection.as_mut().graceful_shutdown();
                     is_draining = true;
                 }
-                () = &mut idle, if !is_draining => {
-                    connection.as_mut().graceful_shutdown();
-                    is_draining = true;
+                _ = ticks.tick(), if !is_draining => {
+                    if activity.take_moved() {
+                        quiet = Duration::ZERO;
+                        activity.cancel_park();
+                    } else {
+                        quiet += tick;
+                        if quiet >= keepalive {
+                            connection.as_mut().graceful_shutdown();
+                            is_draining = true;
+                        } else {
+                            // Taken up by the next read hyper makes, which
+                            // follows this wake-up.
+                            activity.request_park();
+                        }
+                    }
                 }
-            }
-        }
-    }
-}
-
-/// Resolves once no byte has moved either way for `timeout` (checked
-/// every half timeout, so a quiet connection closes after 1 to 1.5 times it).
-async fn idle(activity: &AtomicBool, timeout: Duration) {
-    let tick = (timeout / 2).max(Duration::from_millis(1));
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
-    let mut quiet_ticks = 0;
-    loop {
-        ticks.tick().await;
-        if activity.swap(false, Ordering::Relaxed) {
-            quiet_ticks = 0;
-        } else {
-            quiet_ticks += 1;
-            if quiet_ticks >= 2 {
-                return;
             }
         }
     }

@@ -6,6 +6,7 @@
 
 mod head_timeout;
 mod listener;
+mod park;
 mod settings;
 mod wire;
 

@@ -1,6 +1,6 @@
 //! The client connection's bytes, below hyper: activity for the idle
-//! timeout, the request head timeout (`head_timeout`), and an HTTP/1 head
-//! check for what hyper's parser accepts or erases before the proxy could
+//! timeout and parking (`park`), the request head timeout
+//! (`head_timeout`), and an HTTP/1 head check for what hyper's parser accepts or erases before the proxy could
 //! see it.
 //!
 //! hyper (httparse) takes a bare LF as a line end, as RFC 9112 §2.2 allows,
@@ -22,32 +22,36 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::oneshot;
 
 use super::head_timeout::HeadTimeout;
+use super::park::ConnActivity;
 
-pin_project_lite::pin_project! {
-    /// A client connection's byte stream, watched.
-    pub struct WireIo<IO> {
-        #[pin]
-        inner: IO,
-        activity: Arc<AtomicBool>,
-        check: HeadCheck,
-        clock: HeadTimeout,
-    }
+/// A client connection's byte stream, watched.
+pub struct WireIo<IO> {
+    /// Always `Some` until a parked connection's socket is handed back.
+    inner: Option<IO>,
+    activity: Arc<ConnActivity>,
+    check: HeadCheck,
+    clock: HeadTimeout,
+    /// Where a parked connection's socket goes when hyper lets go of it.
+    home: Option<oneshot::Sender<IO>>,
+    /// End of stream was reported to hyper to park the connection.
+    is_parked: bool,
 }
 
 impl<IO> WireIo<IO> {
     /// `check_heads: false` for a connection known to speak HTTP/2 (ALPN):
-    /// neither the head check nor the head timeout applies.
+    /// neither the head check nor the head timeout applies, and it is
+    /// never parked.
     pub fn new(
         inner: IO,
-        activity: Arc<AtomicBool>,
+        activity: Arc<ConnActivity>,
         check_heads: bool,
         header_read_timeout: Duration,
     ) -> Self {
@@ -56,26 +60,84 @@ impl<IO> WireIo<IO> {
             check.state = State::Passthrough;
         }
         WireIo {
-            inner,
+            inner: Some(inner),
             activity,
             check,
             clock: HeadTimeout::new(header_read_timeout, check_heads),
+            home: None,
+            is_parked: false,
+        }
+    }
+
+    /// Lets the connection be parked (`server::park`): its socket is sent
+    /// to `home` once hyper is done with it.
+    pub fn parkable(mut self, home: oneshot::Sender<IO>) -> Self {
+        self.home = Some(home);
+        self
+    }
+
+    /// For a parked connection taken up again (see `HeadTimeout::forget_first_byte`).
+    pub fn resumed(mut self) -> Self {
+        self.clock.forget_first_byte();
+        self
+    }
+
+    /// Whether hyper is between requests with nothing to send, so that an
+    /// end of stream now ends its connection without a word: no request
+    /// in flight, no byte of a next head, nothing unflushed, no clock.
+    fn may_park(&self) -> bool {
+        self.home.is_some()
+            && self.check.state == State::Start
+            && !self.check.has_head_bytes
+            && self.clock.is_idle()
+            && self.activity.may_park()
+    }
+}
+
+impl<IO: Unpin> WireIo<IO> {
+    fn io(&mut self) -> io::Result<Pin<&mut IO>> {
+        match self.inner.as_mut() {
+            Some(inner) => Ok(Pin::new(inner)),
+            None => Err(io::ErrorKind::NotConnected.into()),
         }
     }
 }
 
-impl<IO: AsyncRead + AsyncWrite> AsyncRead for WireIo<IO> {
+impl<IO> Drop for WireIo<IO> {
+    fn drop(&mut self) {
+        if let (true, Some(home), Some(inner)) =
+            (self.is_parked, self.home.take(), self.inner.take())
+        {
+            // The receiver is gone only if the connection's task is.
+            let _ = home.send(inner);
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for WireIo<IO> {
     fn poll_read(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let mut this = self.project();
+        let this = &mut *self;
+        if this.is_parked {
+            return Poll::Ready(Ok(()));
+        }
+        let may_park = this.may_park();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
         if !this.clock.is_running() {
-            return this.clock.poll_close(this.inner, cx);
+            return this.clock.poll_close(Pin::new(inner), cx);
         }
         let before = buf.filled().len();
-        if this.inner.as_mut().poll_read(cx, buf)?.is_pending() {
+        if Pin::new(&mut *inner).poll_read(cx, buf)?.is_pending() {
+            if may_park {
+                // hyper, idle, reads this as the client's clean close.
+                this.is_parked = true;
+                return Poll::Ready(Ok(()));
+            }
             // Nothing to read: the head may be out of time. A 408 needs a
             // begun request line, whose bytes wait in hyper's buffer until
             // the head parses; hyper reads with bytes buffered only to
@@ -83,7 +145,7 @@ impl<IO: AsyncRead + AsyncWrite> AsyncRead for WireIo<IO> {
             // inside a response (and see `HeadTimeout::has_unflushed_writes`).
             ready!(this.clock.poll_deadline(cx));
             this.clock.expire(this.check.has_request_line());
-            return this.clock.poll_close(this.inner, cx);
+            return this.clock.poll_close(Pin::new(inner), cx);
         }
         if this.check.state == State::Refused {
             // Everything hyper needs to refuse the head has been handed over.
@@ -92,7 +154,8 @@ impl<IO: AsyncRead + AsyncWrite> AsyncRead for WireIo<IO> {
         }
         let fresh = &buf.filled()[before..];
         if !fresh.is_empty() {
-            this.activity.store(true, Ordering::Relaxed);
+            this.activity.on_bytes();
+            this.activity.cancel_park();
             if let Some(at) = this.check.inspect(fresh) {
                 buf.set_filled(before + at);
                 let room = buf.remaining().min(REFUSED_TAIL.len());
@@ -104,44 +167,45 @@ impl<IO: AsyncRead + AsyncWrite> AsyncRead for WireIo<IO> {
     }
 }
 
-impl<IO: AsyncWrite> AsyncWrite for WireIo<IO> {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for WireIo<IO> {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        this.clock.on_write();
-        let written = ready!(this.inner.poll_write(cx, buf))?;
-        this.activity.store(true, Ordering::Relaxed);
+        self.clock.on_write();
+        let written = ready!(self.io()?.poll_write(cx, buf))?;
+        self.activity.on_bytes();
         Poll::Ready(Ok(written))
     }
 
     fn poll_write_vectored(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        this.clock.on_write();
-        let written = ready!(this.inner.poll_write_vectored(cx, bufs))?;
-        this.activity.store(true, Ordering::Relaxed);
+        self.clock.on_write();
+        let written = ready!(self.io()?.poll_write_vectored(cx, bufs))?;
+        self.activity.on_bytes();
         Poll::Ready(Ok(written))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.inner.as_ref().is_some_and(IO::is_write_vectored)
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.project();
-        ready!(this.inner.poll_flush(cx))?;
-        this.clock.on_flush();
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.io()?.poll_flush(cx))?;
+        self.clock.on_flush();
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.is_parked {
+            // hyper closing a parked connection: the socket lives on.
+            return Poll::Ready(Ok(()));
+        }
+        self.io()?.poll_shutdown(cx)
     }
 }
 
