@@ -54,6 +54,11 @@ pin_project_lite::pin_project! {
         #[pin]
         timer: Sleep,
         idle: Duration,
+        // Whether `timer` runs from the start of the current wait. It is
+        // armed only when the stream has to wait: resetting it on every
+        // frame registered a timer for every response, even one whose
+        // body was all there at once.
+        is_armed: bool,
     }
 }
 
@@ -63,6 +68,7 @@ impl<B> IdleTimeoutBody<B> {
             inner,
             timer: tokio::time::sleep(idle),
             idle,
+            is_armed: false,
         }
     }
 }
@@ -82,10 +88,14 @@ where
         let mut this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
-                this.timer.as_mut().reset(Instant::now() + *this.idle);
+                *this.is_armed = false;
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
+                if !*this.is_armed {
+                    this.timer.as_mut().reset(Instant::now() + *this.idle);
+                    *this.is_armed = true;
+                }
                 ready!(this.timer.poll(cx));
                 Poll::Ready(Some(Err(Box::new(IdleTimeout(*this.idle)))))
             }

@@ -51,22 +51,48 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// upgrade, `Connection: upgrade` and `Upgrade` are put back: the upgrade
 /// is what the client asked the backend for.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none: one pass over the names, no hashing, and
-    // nothing to do (19 hashed removals otherwise, on every message).
-    let has_any = headers
-        .keys()
-        .any(|name| name == header::UPGRADE || HOP_BY_HOP.contains(&name));
-    if !has_any {
+    // One pass over the names, comparing without hashing, finds which are
+    // here: most requests carry none, and most answers of a keep-alive
+    // backend only `Connection: keep-alive`. Only those are removed.
+    let mut present = 0u16;
+    let mut has_upgrade = false;
+    for name in headers.keys() {
+        if name == header::UPGRADE {
+            has_upgrade = true;
+        } else if let Some(i) = HOP_BY_HOP.iter().position(|hop| *hop == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 && !has_upgrade {
         return;
     }
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    let upgrade = headers.get(header::UPGRADE).cloned();
-    for name in named.iter().chain(HOP_BY_HOP) {
+    // `HOP_BY_HOP[0]` is `Connection`. Its usual tokens name no header of
+    // their own (`keep-alive` is removed above in any case).
+    let named: Vec<HeaderName> = if present & 1 == 1 {
+        connection_tokens(headers)
+            .filter(|t| {
+                !["keep-alive", "close", "upgrade"]
+                    .iter()
+                    .any(|u| t.eq_ignore_ascii_case(u))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for name in &named {
         headers.remove(name);
     }
-    headers.remove(header::UPGRADE);
+    for (i, hop) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(*hop);
+        }
+    }
+    let upgrade = if has_upgrade {
+        headers.remove(header::UPGRADE)
+    } else {
+        None
+    };
     if let (true, Some(upgrade)) = (keep_upgrade, upgrade) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, upgrade);
@@ -230,6 +256,26 @@ mod tests {
         assert!(headers.get(header::CONNECTION).is_none());
         assert!(headers.get("keep-alive").is_none());
         assert_eq!(headers.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn an_upgrade_is_kept_only_when_asked_and_other_named_headers_go() {
+        let upgrade_request = || {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONNECTION, "Upgrade, close, X-Hop".parse().unwrap());
+            headers.insert(header::UPGRADE, "websocket".parse().unwrap());
+            headers.insert("x-hop", "1".parse().unwrap());
+            headers.insert(header::TE, "trailers".parse().unwrap());
+            headers
+        };
+        let mut kept = upgrade_request();
+        remove_hop_by_hop(&mut kept, true);
+        assert_eq!(kept.get(header::CONNECTION).unwrap(), "upgrade");
+        assert_eq!(kept.get(header::UPGRADE).unwrap(), "websocket");
+        assert!(kept.get("x-hop").is_none() && kept.get(header::TE).is_none());
+        let mut dropped = upgrade_request();
+        remove_hop_by_hop(&mut dropped, false);
+        assert!(dropped.is_empty(), "{dropped:?}");
     }
 
     #[test]

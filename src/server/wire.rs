@@ -292,6 +292,16 @@ impl HeadCheck {
                 }
                 State::Start | State::RequestLine | State::Headers => {
                     self.has_head_bytes = true;
+                    if self.is_in_plain_run() {
+                        // Up to the line's end, bytes only count: jump there.
+                        let run =
+                            memchr::memchr2(b'\r', b'\n', &bytes[i..]).unwrap_or(bytes.len() - i);
+                        self.line_len += run;
+                        i += run;
+                        if i == bytes.len() {
+                            break;
+                        }
+                    }
                     if self.head_byte(bytes[i]).is_err() {
                         self.state = State::Refused;
                         return Some(i);
@@ -301,6 +311,19 @@ impl HeadCheck {
             }
         }
         None
+    }
+
+    /// Whether the bytes up to the next CR or LF matter only by their
+    /// count: the rest of a request line past its prefix, or a header
+    /// value that frames nothing. (Most of a head: `inspect` then skips
+    /// them with `memchr` instead of a byte at a time.)
+    fn is_in_plain_run(&self) -> bool {
+        !self.after_cr
+            && match self.state {
+                State::RequestLine => self.line_len >= self.prefix.len(),
+                State::Headers => self.in_value && self.field != Field::ContentLength,
+                _ => false,
+            }
     }
 
     fn head_byte(&mut self, byte: u8) -> Result<(), ()> {
