@@ -328,6 +328,29 @@ pub fn spawn_file_watch(reloader: Arc<Reloader>) -> tokio::task::JoinHandle<()> 
     })
 }
 
+/// The operating system's trust store, read once: for `https://` backends
+/// without a `ca`, and an `https` OTLP collector.
+pub(crate) fn system_roots() -> Arc<rustls::RootCertStore> {
+    static ROOTS: OnceLock<Arc<rustls::RootCertStore>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            for err in &found.errors {
+                tracing::warn!(error = %err, "cannot read part of the system trust store");
+            }
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                tracing::warn!(
+                    "no system root certificates found: https backends need `tls: {{ ca: FILE }}`, \
+                     and an https OTLP collector cannot be verified"
+                );
+            }
+            Arc::new(roots)
+        })
+        .clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -81,19 +81,7 @@ async fn bad_or_mismatched_files_are_errors_at_their_key() {
     let (_, b_key, _) = ca.issue(dir.path(), "b.test");
     let junk = dir.path().join("junk.crt");
     std::fs::write(&junk, "not a certificate").expect("write junk");
-    let check = |yaml: String| {
-        let routes = tempfile::tempdir().expect("temporary directory");
-        std::fs::write(routes.path().join("routes.yaml"), yaml).expect("write routes");
-        let metrics = strangler::metrics::Metrics::new();
-        let ctx = strangler::config::CompileContext {
-            metrics: &metrics,
-            previous: None,
-            migrations: None,
-        };
-        strangler::config::load(routes.path(), &ctx)
-            .expect_err("the routes are refused")
-            .to_string()
-    };
+    let check = |yaml: String| refusal(&yaml);
     let tail = routes_file(&[("monolith", "http://127.0.0.1:1")], "");
     let mismatched = check(certificates_yaml(&[(&a_cert, &b_key, "a.test")]) + &tail);
     assert!(mismatched.contains(":5:14: the key in"), "{mismatched}");

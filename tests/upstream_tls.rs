@@ -240,17 +240,7 @@ async fn client_certificate_errors_point_at_their_key() {
         let yaml = format!(
             "backends:\n  monolith: {{ url: \"http://127.0.0.1:1\" }}\n  billing:\n    url: \"https://127.0.0.1:2\"\n    tls:\n{tls_lines}default: monolith\n"
         );
-        let routes = tempfile::tempdir().expect("temporary directory");
-        std::fs::write(routes.path().join("routes.yaml"), yaml).expect("write routes");
-        let metrics = strangler::metrics::Metrics::new();
-        let ctx = strangler::config::CompileContext {
-            metrics: &metrics,
-            previous: None,
-            migrations: None,
-        };
-        strangler::config::load(routes.path(), &ctx)
-            .expect_err("the routes are refused")
-            .to_string()
+        refusal(&yaml)
     };
     let (cert, key) = (client.cert.display(), client.key.display());
 

@@ -147,32 +147,61 @@ impl Mirror {
     }
 }
 
+/// While jobs keep coming, the dispatcher takes them every `BATCH_TICK`
+/// instead of being woken for each. Waking the shadow thread is a system
+/// call made on the client's thread, once per job and again for each body
+/// copy the job waits on; a job taken a tick later finds its copies done.
+/// When a tick finds nothing, the dispatcher waits to be woken again.
+const BATCH_TICK: Duration = Duration::from_millis(1);
+
 async fn dispatch(mut rx: mpsc::Receiver<ShadowJob>, worker: Arc<Worker>, concurrency: usize) {
     let slots = Arc::new(Semaphore::new(concurrency));
     while let Some(job) = rx.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let worker = worker.clone();
-        let route = job.route.clone();
-        let task = tokio::spawn({
-            let worker = worker.clone();
-            async move {
-                let outcome = match tokio::time::timeout(JOB_DEADLINE, worker.run(job)).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => (Outcome::Error, None),
-                };
-                drop(slot);
-                outcome
+        start_job(job, &slots, &worker).await;
+        loop {
+            tokio::time::sleep(BATCH_TICK).await;
+            let mut has_taken = false;
+            loop {
+                match rx.try_recv() {
+                    Ok(job) => {
+                        has_taken = true;
+                        start_job(job, &slots, &worker).await;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
+                }
             }
-        });
-        // A panic in a comparison ends that job as an error; the client was
-        // answered long ago and nothing else is affected.
-        tokio::spawn(async move {
-            let (outcome, latency) = task.await.unwrap_or((Outcome::Error, None));
-            worker.record(&route, outcome, latency);
-        });
+            if !has_taken {
+                break;
+            }
+        }
     }
+}
+
+/// Runs `job` once a slot is free (a queue over `concurrency` waits here).
+async fn start_job(job: ShadowJob, slots: &Arc<Semaphore>, worker: &Arc<Worker>) {
+    let Ok(slot) = slots.clone().acquire_owned().await else {
+        return;
+    };
+    let route = job.route.clone();
+    let task = tokio::spawn({
+        let worker = worker.clone();
+        async move {
+            let outcome = match tokio::time::timeout(JOB_DEADLINE, worker.run(job)).await {
+                Ok(outcome) => outcome,
+                Err(_) => (Outcome::Error, None),
+            };
+            drop(slot);
+            outcome
+        }
+    });
+    // A panic in a comparison ends that job as an error; the client was
+    // answered long ago and nothing else is affected.
+    let worker = worker.clone();
+    tokio::spawn(async move {
+        let (outcome, latency) = task.await.unwrap_or((Outcome::Error, None));
+        worker.record(&route, outcome, latency);
+    });
 }
 
 struct Worker {

@@ -246,10 +246,10 @@ fn exporter(settings: &OtlpSettings) -> Result<opentelemetry_otlp::SpanExporter,
 /// HTTP, or HTTP and TLS for an `https` collector.
 fn connector(is_https: bool) -> Result<HttpsConnector<HttpConnector>, rustls::Error> {
     let roots = if is_https {
-        system_roots()
+        crate::tls::system_roots()
     } else {
         // Never used for a plain endpoint: spare reading the trust store.
-        RootCertStore::empty()
+        std::sync::Arc::new(RootCertStore::empty())
     };
     let config = ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()?
@@ -263,21 +263,6 @@ fn connector(is_https: bool) -> Result<HttpsConnector<HttpConnector>, rustls::Er
         .https_or_http()
         .enable_http1()
         .wrap_connector(http))
-}
-
-fn system_roots() -> RootCertStore {
-    let found = rustls_native_certs::load_native_certs();
-    for err in &found.errors {
-        tracing::warn!(error = %err, "cannot read part of the system trust store");
-    }
-    let mut roots = RootCertStore::empty();
-    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
-    if added == 0 {
-        tracing::warn!(
-            "no system root certificates found: the https OTLP collector cannot be verified"
-        );
-    }
-    roots
 }
 
 // === the export task ===

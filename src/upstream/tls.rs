@@ -7,7 +7,7 @@
 //! the backend a new pool on the next reload.
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -101,7 +101,7 @@ impl UpstreamTls {
                 }
                 Arc::new(roots)
             }
-            None => system_roots(),
+            None => crate::tls::system_roots(),
         };
         let builder = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -173,27 +173,6 @@ impl UpstreamTls {
     }
 }
 
-/// The operating system's trust store, read once.
-fn system_roots() -> Arc<RootCertStore> {
-    static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
-    ROOTS
-        .get_or_init(|| {
-            let found = rustls_native_certs::load_native_certs();
-            for err in &found.errors {
-                tracing::warn!(error = %err, "cannot read part of the system trust store");
-            }
-            let mut roots = RootCertStore::empty();
-            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                tracing::warn!(
-                    "no system root certificates found: https backends need `tls: {{ ca: FILE }}`"
-                );
-            }
-            Arc::new(roots)
-        })
-        .clone()
-}
-
 /// The connector of a backend: plain HTTP, or TLS for `https://`.
 pub(crate) fn connector(
     mut http: HttpConnector,
@@ -231,7 +210,7 @@ fn default_config() -> ClientConfig {
     ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("the ring provider supports TLS 1.2 and 1.3")
-        .with_root_certificates(system_roots())
+        .with_root_certificates(crate::tls::system_roots())
         .with_no_client_auth()
 }
 

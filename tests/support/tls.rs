@@ -422,3 +422,19 @@ fn tlv(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let content = bytes.get(header..header.checked_add(len)?)?;
     Some((tag, content, &bytes[header + len..]))
 }
+
+/// The error that loading a routes directory holding `yaml` gives (the
+/// test fails if it loads).
+pub fn refusal(yaml: &str) -> String {
+    let routes = tempfile::tempdir().expect("temporary directory");
+    std::fs::write(routes.path().join("routes.yaml"), yaml).expect("write routes");
+    let metrics = strangler::metrics::Metrics::new();
+    let ctx = strangler::config::CompileContext {
+        metrics: &metrics,
+        previous: None,
+        migrations: None,
+    };
+    strangler::config::load(routes.path(), &ctx)
+        .expect_err("the routes are refused")
+        .to_string()
+}
