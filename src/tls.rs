@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
@@ -22,9 +22,6 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::reload::Reloader;
 use crate::routing::Snapshot;
-
-/// How often certificate and key files are checked for a change.
-const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -309,10 +306,10 @@ pub fn acceptor(table: Arc<ArcSwap<Snapshot>>) -> TlsAcceptor {
 /// tried again at the next check.
 pub fn spawn_file_watch(reloader: Arc<Reloader>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(FILE_CHECK_INTERVAL);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticks.tick().await;
+            // `server.tls.check_interval` of the current routes.
+            let interval = reloader.table().load().server.tls_check_interval;
+            tokio::time::sleep(interval).await;
             let certificates = reloader.table().load().server.tls.clone();
             let Some(certificates) = certificates else {
                 continue;

@@ -71,6 +71,30 @@ async fn each_sni_name_is_served_its_certificate_and_rotation_needs_no_restart()
     assert_eq!(HttpClient::http1(proxy.addr).get("/").await.status, 200);
 }
 
+/// Certificate files replaced on disk are picked up by the proxy's own
+/// check (`check_interval`), with no reload asked for and no restart.
+#[tokio::test]
+async fn changed_certificate_files_are_served_without_a_reload() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let ca = Ca::new();
+    let (cert, key, old_der) = ca.issue(dir.path(), "a.test");
+    let backend = FakeBackend::start("monolith").await;
+    let yaml = certificates_yaml(&[(&cert, &key, "a.test")]).replacen(
+        "  tls:\n",
+        "  tls:\n    check_interval: 100ms\n",
+        1,
+    ) + &routes_file(&[("monolith", &backend.url())], "");
+    let proxy = TlsProxy::start(&write_routes(dir.path(), &yaml), dir.path().join("state")).await;
+    assert_eq!(proxy.connect(&ca, "a.test").await.0, old_der);
+
+    let (_, _, new_der) = ca.issue(dir.path(), "a.test");
+    assert_ne!(new_der, old_der);
+    eventually("the new certificate is served", || async {
+        proxy.connect(&ca, "a.test").await.0 == new_der
+    })
+    .await;
+}
+
 /// `strangler check` names the file, line and column of a key that does
 /// not match its certificate, and of a certificate file that is no PEM.
 #[tokio::test]

@@ -153,6 +153,9 @@ pub struct ShadowPipelineSpec {
 pub struct ServerTlsSpec {
     /// The first one is served to clients whose SNI matches no `sni` name.
     pub certificates: Vec<CertificateSpec>,
+    /// How often the certificate and key files are checked for a change
+    /// (default 10s); a change reloads them without a restart.
+    pub check_interval: Option<DurationSpec>,
 }
 
 /// PEM files; a relative path is relative to the route file's directory.

@@ -97,6 +97,14 @@ pub(crate) fn compile_server(
         }
     }
     if let Some(tls) = &spec.tls {
+        match tls.check_interval.map(|d| d.0) {
+            Some(interval) if interval.is_zero() => errors.push(file.error_at(
+                "server.tls.check_interval",
+                "`check_interval` must be longer than 0",
+            )),
+            Some(interval) => settings.tls_check_interval = interval,
+            None => {}
+        }
         let entries: Vec<CertificateFiles> = tls
             .certificates
             .iter()

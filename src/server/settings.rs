@@ -24,6 +24,8 @@ pub struct ServerSettings {
     pub trusted_proxies: TrustedProxies,
     /// Certificates of the TLS listener, loaded when the snapshot was built.
     pub tls: Option<Arc<Certificates>>,
+    /// How often the certificate and key files are checked for a change.
+    pub tls_check_interval: Duration,
     /// Answers carry `Server-Timing` (proxy and upstream time). Off by
     /// default: it shows anyone how long the backends take.
     pub has_server_timing: bool,
@@ -65,6 +67,7 @@ impl Default for ServerSettings {
             limits: ConnLimits::default(),
             trusted_proxies: TrustedProxies::default(),
             tls: None,
+            tls_check_interval: Duration::from_secs(10),
             has_server_timing: false,
             has_server_timing_backend: false,
             shadow: ShadowSettings::default(),
