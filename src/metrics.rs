@@ -68,6 +68,7 @@ pub struct Families {
     pub backend_up: IntGaugeVec,
     pub circuit_state: IntGaugeVec,
     pub trace_spans: IntCounterVec,
+    pub rejected: IntCounterVec,
 }
 
 /// What `/metrics` says of a family that has no series yet.
@@ -197,6 +198,7 @@ impl Metrics {
             backend_up: b.gauge("strangler_backend_up", "1 when the backend is healthy.", &["backend"]),
             circuit_state: b.gauge("strangler_circuit_state", "0 closed, 1 half-open, 2 open.", &["backend"]),
             trace_spans: b.counter("strangler_trace_spans_total", "Server spans for OTLP export (server.tracing), by outcome.", &["outcome"]),
+            rejected: b.counter("strangler_rejected_requests_total", "Requests refused before any route was chosen, by reason.", &["reason"]),
             registry: b.registry,
             catalogue: b.catalogue,
         };
@@ -216,6 +218,9 @@ impl Metrics {
         families.connections.with_label_values(&[PROXY_LISTENER]);
         for outcome in TRACE_SPAN_OUTCOMES {
             families.trace_spans.with_label_values(&[outcome]);
+        }
+        for reason in REJECT_REASONS {
+            families.rejected.with_label_values(&[reason]);
         }
         Metrics {
             inner: Arc::new(families),
@@ -274,6 +279,19 @@ pub const SHADOW_OUTCOMES: [&str; 5] = ["match", "mismatch", "error", "dropped",
 /// The `outcome` label values of `strangler_trace_spans_total`: sent to
 /// the collector, lost in a failed export, or dropped from a full queue.
 pub const TRACE_SPAN_OUTCOMES: [&str; 3] = ["exported", "failed", "dropped"];
+/// The `reason` label values of `strangler_rejected_requests_total`: 400s
+/// for framing (smuggling, a head hyper cannot parse, CONNECT, ...), the
+/// path or the host; 431 for a head too large; a request head that did not
+/// arrive in `header_read_timeout` (408, or a close when a 408 could not be
+/// written); a new connection that sent nothing in time.
+pub const REJECT_REASONS: [&str; 6] = [
+    "framing",
+    "path",
+    "host",
+    "too_large",
+    "head_timeout",
+    "silent_connection",
+];
 /// The `decision` label values of `strangler_gate_decisions_total`.
 pub const GATE_DECISIONS: [&str; 3] = ["promote", "hold", "rollback"];
 

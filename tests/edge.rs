@@ -51,6 +51,19 @@ async fn raw(addr: SocketAddr, bytes: &[u8]) -> RawReply {
     }
 }
 
+/// `strangler_rejected_requests_total{reason}` as the admin API shows it.
+async fn rejected(proxy: &TestProxy, reason: &str) -> u64 {
+    let text = HttpClient::http1(proxy.admin_addr)
+        .get("/metrics")
+        .await
+        .text()
+        .to_string();
+    let series = format!("strangler_rejected_requests_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series)?.parse().ok())
+        .unwrap_or(u64::MAX)
+}
+
 fn edge_routes(backend: &FakeBackend, server: &str) -> String {
     format!(
         "server:\n{server}\n{}",
@@ -92,6 +105,12 @@ async fn smuggling_attempts_get_400_and_never_reach_the_backend() {
     }
     // The same proxy still serves a well-formed request.
     assert_eq!(proxy.get("/").await.text(), "monolith");
+    // Each refusal is counted once.
+    let expected = cases.len() as u64;
+    eventually("every refusal is counted", || async {
+        rejected(&proxy, "framing").await == expected
+    })
+    .await;
 }
 
 /// A chunk size that is not hex is never answered with a success, and the
@@ -197,6 +216,10 @@ async fn oversized_heads_get_431_and_the_proxy_keeps_serving() {
         .send(req.body(empty()).expect("request"))
         .await;
     assert_eq!(reply.status, 431);
+    eventually("the three refusals are counted", || async {
+        rejected(&proxy, "too_large").await == 3
+    })
+    .await;
 }
 
 /// 300 connections that send half a head and hold do not stop a normal
@@ -269,6 +292,11 @@ async fn a_stalled_head_gets_408_and_the_connection_closed() {
     );
     assert!(reply.is_closed);
     assert_eq!(backend.hits(), 1);
+    eventually("both timeouts are counted", || async {
+        rejected(&proxy, "head_timeout").await == 2
+    })
+    .await;
+    assert_eq!(rejected(&proxy, "silent_connection").await, 0);
 }
 
 /// No byte of a request, no answer: a new connection that sends nothing,
@@ -279,7 +307,9 @@ async fn silent_and_idle_connections_are_closed_without_a_byte() {
     let backend = FakeBackend::start("monolith").await;
     let proxy = TestProxy::start(&edge_routes(
         &backend,
-        "  header_read_timeout: 1s\n  keepalive_timeout: 1s",
+        // Longer than the head timeout, so that the head timeout is what
+        // closes the silent connections.
+        "  header_read_timeout: 1s\n  keepalive_timeout: 3s",
     ))
     .await;
     for bytes in [&b""[..], b"\r\n"] {
@@ -292,6 +322,12 @@ async fn silent_and_idle_connections_are_closed_without_a_byte() {
     assert_eq!(idle.status(), 200, "{:?}", idle.text);
     assert!(idle.text.ends_with("\r\n\r\nmonolith"), "{:?}", idle.text);
     assert_eq!(idle.text.matches("HTTP/1.1").count(), 1, "{:?}", idle.text);
+    // The connection that sent nothing is a silent one; blank lines began a head.
+    eventually("the silent connection is counted", || async {
+        rejected(&proxy, "silent_connection").await == 1
+    })
+    .await;
+    assert_eq!(rejected(&proxy, "head_timeout").await, 1);
 }
 
 /// Past `max_connections` a new connection gets a 503 and is closed;

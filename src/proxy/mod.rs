@@ -34,6 +34,7 @@ use crate::telemetry::{PendingSpan, Spans};
 
 pub use self::client::{client_addr, BadCidr, ClientAddr, TrustedProxies};
 pub use self::error::{json_error, ProxyError};
+use self::framing::FramingError;
 pub(crate) use self::trace::{Sampling, TraceContext};
 pub use self::trace::{TRACEPARENT, TRACESTATE};
 
@@ -148,16 +149,16 @@ async fn respond<'s>(
 ) -> (Response<ProxyBody>, Option<&'s Route>) {
     if let Err(err) = framing::check(&req, &snapshot.server.limits) {
         return (
-            close_after(reject(err.into(), ctx, &req), req.version()),
+            close_after(reject(shared, err.into(), ctx, &req), req.version()),
             None,
         );
     }
     let path = match path::normalize(req.uri().path()) {
         Ok(path) => path.into_owned(),
-        Err(err) => return (reject(ProxyError::BadPath(err), ctx, &req), None),
+        Err(err) => return (reject(shared, ProxyError::BadPath(err), ctx, &req), None),
     };
     let Ok(host) = request_host(&req) else {
-        return (reject(ProxyError::BadHost, ctx, &req), None);
+        return (reject(shared, ProxyError::BadHost, ctx, &req), None);
     };
     let decision = snapshot.select(&RequestView {
         method: req.method(),
@@ -222,8 +223,23 @@ fn host_without_port(authority: &str) -> &str {
     }
 }
 
-/// Answers a request that was refused before any route was chosen.
-fn reject(err: ProxyError, ctx: &RequestCtx, req: &Request<Incoming>) -> Response<ProxyBody> {
+/// Answers a request that was refused before any route was chosen, and
+/// counts it in `strangler_rejected_requests_total`.
+fn reject(
+    shared: &Shared,
+    err: ProxyError,
+    ctx: &RequestCtx,
+    req: &Request<Incoming>,
+) -> Response<ProxyBody> {
+    let reason = match &err {
+        ProxyError::BadPath(_) => "path",
+        ProxyError::BadHost => "host",
+        ProxyError::Framing(FramingError::TooManyHeaders(_) | FramingError::TargetTooLong) => {
+            "too_large"
+        }
+        _ => "framing",
+    };
+    shared.metrics.rejected.with_label_values(&[reason]).inc();
     tracing::info!(
         target: "access",
         request_id = ctx.request_id.to_str().unwrap_or(""),

@@ -152,8 +152,13 @@ impl HeadTimeout {
     }
 
     /// The deadline passed: answer 408 when a request line had begun and
-    /// hyper has nothing unflushed; else close silently.
-    pub(crate) fn expire(&mut self, has_request_line: bool) {
+    /// hyper has nothing unflushed; else close silently. Returns the
+    /// `strangler_rejected_requests_total` reason.
+    pub(crate) fn expire(&mut self, has_request_line: bool) -> &'static str {
+        let reason = match self.deadline {
+            Deadline::FirstByte(_) => "silent_connection",
+            Deadline::HeadEnd(_) | Deadline::Off => "head_timeout",
+        };
         let is_answered = has_request_line
             && matches!(self.deadline, Deadline::HeadEnd(_))
             && !self.has_unflushed_writes;
@@ -165,6 +170,7 @@ impl HeadTimeout {
         };
         self.deadline = Deadline::Off;
         self.sleep_until(Instant::now() + LINGER);
+        reason
     }
 
     /// Answers and closes; ready (for hyper: end of stream) when done or
@@ -256,7 +262,7 @@ mod tests {
         if is_flushed {
             clock.on_flush();
         }
-        clock.expire(has_request_line);
+        let _ = clock.expire(has_request_line);
         clock
     }
 

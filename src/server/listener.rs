@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use prometheus::IntGauge;
+use prometheus::{IntCounterVec, IntGauge};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, Semaphore};
@@ -105,6 +105,7 @@ pub(crate) async fn serve(
             limits,
             stop: stop.clone(),
             parked_gauge: parked_gauge.clone(),
+            rejected: metrics.rejected.clone(),
             _slot: slot,
         };
         match &listener.tls {
@@ -225,6 +226,8 @@ struct Connection {
     stop: watch::Receiver<bool>,
     /// `strangler_connections_parked` for this listener.
     parked_gauge: IntGauge,
+    /// `strangler_rejected_requests_total`.
+    rejected: IntCounterVec,
     _slot: Slot,
 }
 
@@ -249,7 +252,7 @@ impl Connection {
     where
         IO: AsyncRead + AsyncWrite + Readiness + Unpin + Send + 'static,
     {
-        let activity = Arc::new(ConnActivity::default());
+        let activity = Arc::new(ConnActivity::counting(self.rejected.clone()));
         let mut is_resumed = false;
         loop {
             let (home, mut parked) = oneshot::channel();
@@ -321,6 +324,13 @@ impl Connection {
                 result = connection.as_mut() => {
                     if let Err(err) = result {
                         tracing::debug!(error = %err, "connection ended with an error");
+                        // hyper answered a head it could not parse itself
+                        // (400, or 431 for one too large).
+                        match err.downcast_ref::<hyper::Error>() {
+                            Some(e) if e.is_parse_too_large() => activity.count_rejection("too_large"),
+                            Some(e) if e.is_parse() => activity.count_rejection("framing"),
+                            _ => {}
+                        }
                     }
                     return quiet;
                 }

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use prometheus::IntCounterVec;
 use tokio::net::TcpStream;
 
 /// How long a connection must be quiet before it is parked. Short enough
@@ -39,9 +40,27 @@ pub(crate) struct ConnActivity {
     in_flight: AtomicUsize,
     /// The connection has been quiet: park it at the next chance.
     park_requested: AtomicBool,
+    /// `strangler_rejected_requests_total`, for the head timeouts that the
+    /// byte layer sees.
+    rejected: Option<IntCounterVec>,
 }
 
 impl ConnActivity {
+    /// Counts the head timeouts of this connection in `rejected`.
+    pub(crate) fn counting(rejected: IntCounterVec) -> Self {
+        ConnActivity {
+            rejected: Some(rejected),
+            ..ConnActivity::default()
+        }
+    }
+
+    /// A request the connection's bytes refused (`REJECT_REASONS`).
+    pub(crate) fn count_rejection(&self, reason: &str) {
+        if let Some(rejected) = &self.rejected {
+            rejected.with_label_values(&[reason]).inc();
+        }
+    }
+
     pub(crate) fn on_bytes(&self) {
         self.moved.store(true, Ordering::Relaxed);
     }

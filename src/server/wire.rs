@@ -144,7 +144,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for WireIo<IO> {
             // parse a head, never while it answers, so the 408 cannot land
             // inside a response (and see `HeadTimeout::has_unflushed_writes`).
             ready!(this.clock.poll_deadline(cx));
-            this.clock.expire(this.check.has_request_line());
+            let reason = this.clock.expire(this.check.has_request_line());
+            this.activity.count_rejection(reason);
             return this.clock.poll_close(Pin::new(inner), cx);
         }
         if this.check.state == State::Refused {
