@@ -47,10 +47,13 @@ CONTRACT = {
     "strangler_gate_decisions_total", "strangler_config_reloads_total", "strangler_config_info",
     "strangler_config_last_reload_success_timestamp_seconds",
     "strangler_backend_up", "strangler_circuit_state",
+    # Added with OTLP export, connection parking and refusal counting.
+    "strangler_trace_spans_total", "strangler_connections_parked",
+    "strangler_rejected_requests_total",
 } | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 LABELS = {"route", "backend", "method", "code", "kind", "from", "to", "listener", "outcome",
           "field", "side", "decision", "result", "version", "le", "instance", "job",
-          "alertname", "alertstate"}
+          "alertname", "alertstate", "reason"}
 SEVERITIES = {"page", "ticket"}
 DEFAULT_VARS = {"route": ".*", "monolith": "monolith", "__rate_interval": "1m",
                 "__interval": "1m", "__range": "1h", "__range_s": "3600"}
