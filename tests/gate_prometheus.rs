@@ -451,6 +451,46 @@ fn fleet_gate(prometheus_url: &str, min_requests: u32) -> String {
     )
 }
 
+/// Two replicas of one migration in fleet mode, both scraped by a real
+/// Prometheus that their gates read.
+struct Fleet {
+    // Dropped first, as it scrapes the others.
+    _prometheus: Prometheus,
+    replicas: [TestProxy; 2],
+    _backends: (FakeBackend, FakeBackend),
+}
+
+impl Fleet {
+    async fn start(binary: &Path, min_requests: u32) -> Fleet {
+        let prometheus_addr = free_addr();
+        let (monolith, new) = (
+            FakeBackend::start("{\"id\":7}").await,
+            FakeBackend::start("{\"id\":7}").await,
+        );
+        let routes = migration_routes(
+            &monolith,
+            &new,
+            "[50%, 100%]",
+            &fleet_gate(&format!("http://{prometheus_addr}"), min_requests),
+        );
+        let replicas = [
+            TestProxy::start(&routes).await,
+            TestProxy::start(&routes).await,
+        ];
+        let prometheus = Prometheus::start(
+            binary,
+            prometheus_addr,
+            &[replicas[0].admin_addr, replicas[1].admin_addr],
+        )
+        .await;
+        Fleet {
+            _prometheus: prometheus,
+            replicas,
+            _backends: (monolith, new),
+        }
+    }
+}
+
 /// Two replicas in fleet mode, all traffic through the first: both reach
 /// 100%, the second without serving a request, because both judge the
 /// numbers Prometheus sums over the fleet.
@@ -459,29 +499,10 @@ async fn fleet_mode_moves_every_replica_from_the_fleet_numbers() {
     let Some(binary) = prometheus_binary() else {
         return;
     };
-    let prometheus_addr = free_addr();
-    let (monolith, new) = (
-        FakeBackend::start("{\"id\":7}").await,
-        FakeBackend::start("{\"id\":7}").await,
-    );
-    let routes = migration_routes(
-        &monolith,
-        &new,
-        "[50%, 100%]",
-        &fleet_gate(&format!("http://{prometheus_addr}"), 20),
-    );
-    let (busy, idle) = (
-        TestProxy::start(&routes).await,
-        TestProxy::start(&routes).await,
-    );
-    let _prometheus = Prometheus::start(
-        &binary,
-        prometheus_addr,
-        &[busy.admin_addr, idle.admin_addr],
-    )
-    .await;
+    let fleet = Fleet::start(&binary, 20).await;
+    let (busy, idle) = (&fleet.replicas[0], &fleet.replicas[1]);
 
-    let view = drive_until(&busy, "completed", |v| v["status"] == "completed").await;
+    let view = drive_until(busy, "completed", |v| v["status"] == "completed").await;
     let idle_view = wait_until(idle.admin_addr, "completed on the idle replica", |v| {
         v["status"] == "completed"
     })
@@ -518,28 +539,9 @@ async fn fleet_mode_spreads_a_rollback_and_a_resume_sticks() {
     let Some(binary) = prometheus_binary() else {
         return;
     };
-    let prometheus_addr = free_addr();
-    let (monolith, new) = (
-        FakeBackend::start("{\"id\":7}").await,
-        FakeBackend::start("{\"id\":7}").await,
-    );
     // Never enough requests to promote: only the stage moves.
-    let routes = migration_routes(
-        &monolith,
-        &new,
-        "[50%, 100%]",
-        &fleet_gate(&format!("http://{prometheus_addr}"), 1_000_000),
-    );
-    let (first, second) = (
-        TestProxy::start(&routes).await,
-        TestProxy::start(&routes).await,
-    );
-    let _prometheus = Prometheus::start(
-        &binary,
-        prometheus_addr,
-        &[first.admin_addr, second.admin_addr],
-    )
-    .await;
+    let fleet = Fleet::start(&binary, 1_000_000).await;
+    let (first, second) = (&fleet.replicas[0], &fleet.replicas[1]);
     // Both replicas read the fleet: their last window has no `fleet_query` failure.
     for admin in [first.admin_addr, second.admin_addr] {
         wait_until(admin, "reading Prometheus", |v| {
