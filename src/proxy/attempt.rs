@@ -11,13 +11,12 @@
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 
 use super::forward::UpstreamHead;
 use super::ProxyError;
 use crate::body::{boxed, reclaimable, BodyTooLarge, ProxyBody};
 use crate::routing::{BackendId, HostRewrite, Route, Snapshot};
-use crate::upstream::UpstreamError;
+use crate::upstream::{UpstreamBody, UpstreamError};
 
 /// What to do after an attempt.
 enum Next {
@@ -34,7 +33,7 @@ pub(super) async fn exchange(
     primary: BackendId,
     head: &UpstreamHead,
     body: ProxyBody,
-) -> (BackendId, Result<Response<Incoming>, ProxyError>) {
+) -> (BackendId, Result<Response<UpstreamBody>, ProxyError>) {
     let mut backend = primary;
     let mut body = Some(body);
     let mut has_retried = false;
@@ -117,7 +116,7 @@ fn next_step(
     route: &Route,
     tried: BackendId,
     head: &UpstreamHead,
-    outcome: &Result<Response<Incoming>, ProxyError>,
+    outcome: &Result<Response<UpstreamBody>, ProxyError>,
     can_resend: bool,
     has_retried: bool,
     has_fallen_back: bool,
@@ -155,7 +154,7 @@ async fn send(
     backend: BackendId,
     head: &UpstreamHead,
     body: ProxyBody,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<UpstreamBody>, ProxyError> {
     let upstream = &snapshot.backend(backend).upstream;
     let uri: Uri = upstream
         .uri_for(&head.path_and_query)

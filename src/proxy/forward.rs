@@ -19,6 +19,7 @@ use crate::routing::{
     bucket_of, BackendId, Decision, HostRewrite, Route, Snapshot, Target, BUCKETS,
 };
 use crate::shadow::{Copied, Mirror, PrimaryAnswer, RequestBody, ShadowJob, ShadowPolicy, TeeBody};
+use crate::upstream::UpstreamBody;
 
 /// The upstream request line and headers, kept so a fallback can resend them.
 pub(super) struct UpstreamHead {
@@ -240,7 +241,7 @@ fn upstream_response(
     snapshot: &Snapshot,
     route: &Route,
     backend: BackendId,
-    mut response: Response<Incoming>,
+    mut response: Response<UpstreamBody>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ctx: &RequestCtx,
 ) -> Response<ProxyBody> {

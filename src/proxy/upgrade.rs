@@ -3,9 +3,9 @@
 //! When the backend answers 101, both sides' connections are handed over
 //! by hyper and bytes are copied both ways until either side closes.
 
+use crate::upstream::UpstreamBody;
 use http::request::Parts;
 use http::Response;
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
@@ -22,7 +22,7 @@ pub fn take_client_upgrade(parts: &mut Parts) -> Option<OnUpgrade> {
 }
 
 /// Spawns the byte pump between the client and the backend.
-pub fn tunnel(client: OnUpgrade, response: &mut Response<Incoming>, route: RouteName) {
+pub fn tunnel(client: OnUpgrade, response: &mut Response<UpstreamBody>, route: RouteName) {
     let backend = hyper::upgrade::on(response);
     tokio::spawn(async move {
         let (client, backend) = match tokio::try_join!(client, backend) {

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::connect::ExchangeError;
 use crate::body::BoxError;
 use crate::routing::BackendName;
 
@@ -82,14 +83,13 @@ impl UpstreamError {
         }
     }
 
-    /// Sorts a client error into a kind by walking its causes.
-    pub(crate) fn classify(
-        backend: &BackendName,
-        err: hyper_util::client::legacy::Error,
-    ) -> UpstreamError {
+    /// Sorts an exchange error into a kind by walking its causes.
+    pub(crate) fn classify(backend: &BackendName, err: ExchangeError) -> UpstreamError {
         let backend = backend.clone();
         // Before `is_connect`: a failed handshake is also a failed connect,
         // but the operator needs to know it was TLS (a certificate, a name).
+        // With TLS 1.3 a refused client certificate only shows on the first
+        // read, as an HTTP error.
         if super::tls::is_tls_failure(&err) {
             return UpstreamError::Tls {
                 backend,

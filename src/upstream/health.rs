@@ -5,9 +5,14 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use http::Request;
+use http_body_util::{BodyExt, Limited};
 
 use super::Upstream;
 use crate::body::empty;
+
+/// A health answer longer than this is not read to its end (its
+/// connection is closed instead of reused).
+const MAX_BODY: usize = 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HealthSettings {
@@ -41,8 +46,15 @@ async fn check(upstream: &Upstream, settings: &HealthSettings) -> bool {
         return false;
     };
     let deadline = settings.interval.min(Duration::from_secs(2));
-    match tokio::time::timeout(deadline, upstream.client.request(request)).await {
-        Ok(Ok(response)) => response.status().is_success() || response.status().is_redirection(),
+    let exchange = async {
+        let response = upstream.pool.send(request).await.ok()?;
+        let status = response.status();
+        // Read to the end, so that the connection goes back to the pool.
+        let _ = Limited::new(response.into_body(), MAX_BODY).collect().await;
+        Some(status)
+    };
+    match tokio::time::timeout(deadline, exchange).await {
+        Ok(Some(status)) => status.is_success() || status.is_redirection(),
         _ => false,
     }
 }

@@ -1,4 +1,4 @@
-//! Backends: one pooled HTTP client per backend, with its timeouts.
+//! Backends: a pool of keep-alive connections per backend, with its timeouts.
 //!
 //! An `Upstream` is built when a snapshot is compiled and shared by every
 //! later snapshot whose backend definition did not change, so a reload does
@@ -6,32 +6,33 @@
 
 mod breaker;
 mod budget;
+mod connect;
 mod error;
 mod health;
+mod pool;
 mod tls;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::header::HeaderValue;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-
 use prometheus::IntGauge;
 
 use crate::body::ProxyBody;
 use crate::metrics::Metrics;
 use crate::routing::BackendName;
 
+use self::connect::Connector;
+use self::pool::Pool;
+
 pub use self::breaker::{BreakerSettings, CircuitBreaker};
 pub use self::budget::{BudgetSettings, RetryBudget};
 pub use self::error::UpstreamError;
 pub use self::health::HealthSettings;
+pub use self::pool::UpstreamBody;
 pub use self::tls::{UpstreamTls, UpstreamTlsField, UpstreamTlsFiles};
 
 /// Timeouts of one backend, with defaults close to Envoy's.
@@ -96,40 +97,38 @@ pub fn parse_url(text: &str) -> Result<Uri, UrlError> {
     Ok(uri)
 }
 
-type BackendClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
-
-fn build_client(settings: &UpstreamSettings) -> BackendClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(settings.timeouts.connect));
-    // Small answers should not wait for Nagle's algorithm.
-    connector.set_nodelay(true);
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(settings.timeouts.pool_idle)
-        .pool_max_idle_per_host(settings.max_idle_connections)
-        .build(tls::connector(
-            connector,
-            settings.tls.as_deref(),
-            settings.url.scheme() == Some(&Scheme::HTTPS),
-        ))
+fn build_pool(settings: &UpstreamSettings, authority: &Authority) -> Arc<Pool> {
+    let tls = settings.tls.as_deref();
+    let is_https = settings.url.scheme() == Some(&Scheme::HTTPS);
+    let connector = Connector::new(
+        &settings.url,
+        tls::client_config(tls, is_https),
+        tls::server_name(tls),
+        settings.timeouts.connect,
+    );
+    let host = HeaderValue::from_str(authority.as_str())
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    Pool::start(
+        connector,
+        host,
+        settings.max_idle_connections,
+        settings.timeouts.pool_idle,
+    )
 }
 
 /// A backend's client and where it lives.
 pub struct Upstream {
     pub name: BackendName,
     pub settings: UpstreamSettings,
-    scheme: Scheme,
     authority: Authority,
     /// A path in the backend URL (`http://host/base`) is put before every
     /// forwarded path.
     base_path: Box<str>,
-    client: BackendClient,
+    pool: Arc<Pool>,
     /// A pool of its own for mirrored requests: they run on the shadow
     /// thread, and a connection serves requests on the runtime that opened
     /// it, so sharing one pool would put client traffic on that thread.
-    mirror_client: BackendClient,
+    mirror_pool: Arc<Pool>,
     pub breaker: CircuitBreaker,
     pub budget: RetryBudget,
     /// False while active health checks fail; always true without them.
@@ -159,14 +158,13 @@ impl Upstream {
     }
 
     fn new(name: BackendName, settings: UpstreamSettings, metrics: &Metrics) -> Upstream {
-        let client = build_client(&settings);
-        let mirror_client = build_client(&settings);
         let url = &settings.url;
-        let scheme = url.scheme().cloned().unwrap_or(Scheme::HTTP);
         let authority = url
             .authority()
             .cloned()
             .unwrap_or_else(|| Authority::from_static("invalid"));
+        let pool = build_pool(&settings, &authority);
+        let mirror_pool = build_pool(&settings, &authority);
         let base_path = url.path().trim_end_matches('/').into();
         let up_gauge = metrics.backend_up.with_label_values(&[&name]);
         up_gauge.set(1);
@@ -179,11 +177,10 @@ impl Upstream {
             is_healthy: AtomicBool::new(true),
             up_gauge,
             name,
-            scheme,
             authority,
             base_path,
-            client,
-            mirror_client,
+            pool,
+            mirror_pool,
             settings,
         }
     }
@@ -213,41 +210,41 @@ impl Upstream {
         &self.settings.timeouts
     }
 
-    /// The absolute URI of `path_and_query` on this backend.
+    /// The URI of `path_and_query` on this backend, in origin form
+    /// (`/path?query`), as requests to it are written.
     pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
         let full: PathAndQuery = if self.base_path.is_empty() {
             path_and_query.parse()?
         } else {
             format!("{}{}", self.base_path, path_and_query).parse()?
         };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(full)
-            .build()
+        Ok(Uri::from(full))
     }
 
-    /// Sends a request whose URI is already absolute (`uri_for`) and waits
-    /// for the response headers, at most the backend's response timeout.
-    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
-        self.send_with(&self.client, req).await
+    /// Sends a request (`uri_for`) and waits for the response headers, at
+    /// most the backend's response timeout.
+    pub async fn send(
+        &self,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        self.send_on(&self.pool, req).await
     }
 
     /// `send` for mirrored requests, on the mirror pool.
     pub async fn send_mirror(
         &self,
         req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        self.send_with(&self.mirror_client, req).await
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        self.send_on(&self.mirror_pool, req).await
     }
 
-    async fn send_with(
+    async fn send_on(
         &self,
-        client: &BackendClient,
+        pool: &Arc<Pool>,
         req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let after = self.settings.timeouts.response;
-        match tokio::time::timeout(after, client.request(req)).await {
+        match tokio::time::timeout(after, pool.send(req)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) => Err(UpstreamError::classify(&self.name, err)),
             Err(_) => Err(UpstreamError::Timeout {

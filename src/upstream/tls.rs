@@ -9,8 +9,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
-use hyper_util::client::legacy::connect::HttpConnector;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
@@ -162,8 +160,7 @@ impl UpstreamTls {
                 .dangerous()
                 .set_certificate_verifier(Arc::new(AcceptAnything));
         }
-        // ALPN stays empty: hyper-rustls sets it (http/1.1, the pool's
-        // protocol) and panics on a preset one.
+        config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
         Ok(UpstreamTls {
             files,
             fingerprint,
@@ -173,46 +170,35 @@ impl UpstreamTls {
     }
 }
 
-/// The connector of a backend: plain HTTP, or TLS for `https://`.
-pub(crate) fn connector(
-    mut http: HttpConnector,
+/// The TLS client configuration of a backend, `None` for plain HTTP.
+pub(crate) fn client_config(
     tls: Option<&UpstreamTls>,
     is_https: bool,
-) -> HttpsConnector<HttpConnector> {
-    // The TLS layer hands https URLs to the TCP connector.
-    http.enforce_http(false);
-    let builder = match (tls, is_https) {
-        (Some(tls), _) => {
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config((*tls.config).clone())
-        }
-        (None, true) => {
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(default_config())
-        }
-        // A plain backend never starts a handshake; an empty trust store
-        // spares reading the system's for it.
-        (None, false) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
-            ClientConfig::builder_with_provider(provider())
-                .with_safe_default_protocol_versions()
-                .expect("the ring provider supports the default versions")
-                .with_root_certificates(RootCertStore::empty())
-                .with_no_client_auth(),
-        ),
-    };
-    let builder = builder.https_or_http();
-    let builder = match tls.and_then(|t| t.server_name.clone()) {
-        Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name)),
-        None => builder,
-    };
-    builder.enable_http1().wrap_connector(http)
+) -> Option<Arc<ClientConfig>> {
+    match (tls, is_https) {
+        (_, false) => None,
+        (Some(tls), true) => Some(tls.config.clone()),
+        (None, true) => Some(Arc::new(default_config())),
+    }
+}
+
+/// The name the backend's certificate must carry, when `server_name` says.
+pub(crate) fn server_name(tls: Option<&UpstreamTls>) -> Option<ServerName<'static>> {
+    tls.and_then(|t| t.server_name.clone())
 }
 
 fn default_config() -> ClientConfig {
-    ClientConfig::builder_with_provider(provider())
+    let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("the ring provider supports TLS 1.2 and 1.3")
         .with_root_certificates(crate::tls::system_roots())
-        .with_no_client_auth()
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    config
 }
+
+/// The pool speaks HTTP/1.1 only; a backend that offers h2 must not pick it.
+const ALPN_HTTP11: &[u8] = b"http/1.1";
 
 /// Whether a failure came from TLS (handshake, certificate), looking
 /// through `io::Error` wrappers, whose `source` skips the wrapped error.
