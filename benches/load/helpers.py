@@ -167,7 +167,7 @@ def oha_json(path):
 # --------------------------------------------------------------------------
 # the report
 
-TARGETS = ["direct", "strangler", "nginx", "haproxy"]
+TARGETS = ["direct", "strangler", "baseline", "nginx", "haproxy"]
 SCENARIOS = [
     ("get", "small GET, keep-alive"),
     ("64k", "64 KB response"),
@@ -306,6 +306,21 @@ def report(raw_path, rss_path, meta_path, results_path):
         added = [ms(ratio(scn, t, base, "direct", "p99", "sub")) for t in ("strangler", "nginx", "haproxy")]
         w(f"| {title} | {fmt(r_n, 2, '×')} | {fmt(r_h, 2, '×')} | "
           + " | ".join(fmt(a, 2) for a in added) + " |")
+    base_rows = [(scn, title) for scn, title in SCENARIOS if (scn, "baseline") in by and (scn, "strangler") in by]
+    if base_rows:
+        w("")
+        w(f"**Against the baseline** (`{meta.get('baseline', '')}`, same rounds; strangler / baseline):")
+        w("")
+        w("| scenario | req/s | CPU µs/req | p99 |")
+        w("|---|---:|---:|---:|")
+        for scn, title in base_rows:
+            def cpu_per_req(tgt):
+                return {r["round"]: r["cpu_s"] / r["requests"] for r in by[(scn, tgt)]
+                        if r["cpu_s"] is not None and r["requests"]}
+            a, b = cpu_per_req("strangler"), cpu_per_req("baseline")
+            cpu = med([a[k] / b[k] for k in sorted(set(a) & set(b)) if b[k]])
+            w(f"| {title} | {fmt(ratio(scn, 'strangler', scn, 'baseline', 'rps', 'div'), 2, '×')} | "
+              f"{fmt(cpu, 2, '×')} | {fmt(ratio(scn, 'strangler', scn, 'baseline', 'p99', 'div'), 2, '×')} |")
     shadow_rows = [(scn, title) for scn, title in SCENARIOS if scn in SHADOW_BASE and any((scn, t) in by for t in TARGETS)]
     if shadow_rows:
         w("")

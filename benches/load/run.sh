@@ -25,6 +25,7 @@ SHADOW_DELAY_MS=10
 IDLE_CONNS=10000
 PORT_BASE=27100
 BIN=""
+BASELINE=""
 RESULTS="$ROOT/benches/RESULTS.md"
 APPEND=1
 ONLY=""
@@ -43,6 +44,8 @@ usage: $0 [options]
       --only LIST        comma-separated scenarios: get,64k,close,upload,routes1k,h2,logs,shadow,rate-get,rate-shadow
       --port-base P      ports P..P+40 on 127.0.0.1 (default $PORT_BASE)
       --bin PATH         strangler binary (default target/release/strangler, built if absent)
+      --baseline PATH    another strangler binary, measured as target `baseline` in the
+                         same rounds (get, 64k, close, upload, h2, rate-get): an A/B of a change
       --results FILE     where to append (default benches/RESULTS.md)
       --no-append        print the table only
       --keep-tmp         keep the temporary directory (configs, logs, raw figures)
@@ -61,6 +64,7 @@ while [ $# -gt 0 ]; do
     --only) ONLY=$2; shift 2 ;;
     --port-base) PORT_BASE=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
+    --baseline) BASELINE=$2; shift 2 ;;
     --results) RESULTS=$2; shift 2 ;;
     --no-append) APPEND=0; shift ;;
     --keep-tmp) KEEP_TMP=1; shift ;;
@@ -140,7 +144,7 @@ wait_http() { # URL NAME
 # ----------------------------------------------------------------- ports
 P=$PORT_BASE
 UP=$((P)); UP_H2=$((P + 1)); SLOW=$((P + 2))
-S_MAIN=$((P + 10)); S_1K=$((P + 12)); S_LOG=$((P + 14)); S_SHADOW=$((P + 16))
+S_MAIN=$((P + 10)); S_1K=$((P + 12)); S_LOG=$((P + 14)); S_SHADOW=$((P + 16)); S_BASE=$((P + 18))
 N_MAIN=$((P + 20)); N_H2=$((P + 21)); N_1K=$((P + 22)); N_LOG=$((P + 23)); N_MIRROR=$((P + 24))
 H_MAIN=$((P + 30)); H_H2=$((P + 31)); H_1K=$((P + 32)); H_LOG=$((P + 33))
 ROUTE1K_PATH=/api/v1/svc0499/items/42
@@ -156,6 +160,10 @@ fi
 [ -x "$BIN" ] || die "no strangler binary at $BIN"
 # A private copy: the tree may be rebuilt while we measure.
 cp "$BIN" "$TMP/strangler"
+if [ -n "$BASELINE" ]; then
+  [ -x "$BASELINE" ] || die "no baseline binary at $BASELINE"
+  cp "$BASELINE" "$TMP/strangler-baseline"
+fi
 COMMIT=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "$(cd "$ROOT" && git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then COMMIT="$COMMIT+dirty"; fi
 
@@ -347,14 +355,17 @@ start upstream nginx -c "$TMP/up/nginx.conf" -p "$TMP/up" -g 'daemon off;'
 start slow python3 "$HERE/helpers.py" slow-server "$SLOW" "$SHADOW_DELAY_MS"
 start nginx nginx -c "$TMP/px/nginx.conf" -p "$TMP/px" -g 'daemon off;'
 start haproxy haproxy -db -f "$TMP/haproxy.cfg"
-start_strangler() { # NAME ROUTES PORT RUST_LOG
-  start "$1" env RUST_LOG="$4" "$TMP/strangler" run --routes "$2" --listen "127.0.0.1:$3" \
+start_strangler() { # NAME ROUTES PORT RUST_LOG [BINARY]
+  start "$1" env RUST_LOG="$4" "${5:-$TMP/strangler}" run --routes "$2" --listen "127.0.0.1:$3" \
     --admin "127.0.0.1:$(($3 + 1))" --state-dir "$TMP/$1-state" --workers "$WORKERS"
 }
 start_strangler strangler "$TMP/s-main" "$S_MAIN" warn
 start_strangler strangler_1k "$TMP/s-1k" "$S_1K" warn
 start_strangler strangler_log "$TMP/s-main" "$S_LOG" info
 start_strangler strangler_shadow "$TMP/s-shadow" "$S_SHADOW" warn
+if [ -n "$BASELINE" ]; then
+  start_strangler baseline "$TMP/s-main" "$S_BASE" warn "$TMP/strangler-baseline"
+fi
 
 wait_http "http://127.0.0.1:$UP/" upstream
 wait_http "http://127.0.0.1:$SLOW/" slow
@@ -364,6 +375,7 @@ wait_http "http://127.0.0.1:$S_MAIN/" strangler
 wait_http "http://127.0.0.1:$S_1K/" strangler_1k
 wait_http "http://127.0.0.1:$S_LOG/" strangler_log
 wait_http "http://127.0.0.1:$S_SHADOW/" strangler_shadow
+if [ -n "$BASELINE" ]; then wait_http "http://127.0.0.1:$S_BASE/" baseline; fi
 for url in "http://127.0.0.1:$S_MAIN/static/64k.bin" "http://127.0.0.1:$N_MAIN/static/64k.bin" \
            "http://127.0.0.1:$H_MAIN/static/64k.bin" "http://127.0.0.1:$S_1K$ROUTE1K_PATH" \
            "http://127.0.0.1:$N_1K$ROUTE1K_PATH" "http://127.0.0.1:$H_1K$ROUTE1K_PATH" \
@@ -384,6 +396,7 @@ pids_of() { # instance -> the PIDs whose CPU counts (nginx: master + workers)
     strangler-1k) pid=$PID_strangler_1k ;;
     strangler-log) pid=$PID_strangler_log ;;
     strangler-shadow) pid=$PID_strangler_shadow ;;
+    baseline) pid=$PID_baseline ;;
     *) die "unknown instance $1" ;;
   esac
   echo "$pid"
@@ -459,6 +472,12 @@ measure() { # ROUND SCENARIO TARGET INSTANCE TOOL URL [args...]
   sleep 0.5
 }
 
+# The baseline binary's line, when there is one: TOOL URL [args...]
+base_target() {
+  [ -n "$BASELINE" ] || return 0
+  echo "baseline baseline $*"
+}
+
 # scenario -> "target instance tool url args" lines
 targets_of() {
   local s=$1 w="-c$CONNS" u=127.0.0.1
@@ -466,22 +485,26 @@ targets_of() {
     get)
       echo "direct direct wrk http://$u:$UP/ $w"
       echo "strangler strangler wrk http://$u:$S_MAIN/ $w"
+      base_target wrk "http://$u:$S_BASE/" $w
       echo "nginx nginx wrk http://$u:$N_MAIN/ $w"
       echo "haproxy haproxy wrk http://$u:$H_MAIN/ $w" ;;
     64k)
       echo "direct direct wrk http://$u:$UP/static/64k.bin $w"
       echo "strangler strangler wrk http://$u:$S_MAIN/static/64k.bin $w"
+      base_target wrk "http://$u:$S_BASE/static/64k.bin" $w
       echo "nginx nginx wrk http://$u:$N_MAIN/static/64k.bin $w"
       echo "haproxy haproxy wrk http://$u:$H_MAIN/static/64k.bin $w" ;;
     close)
       echo "direct direct wrk http://$u:$UP/ $w -s $HERE/close.lua"
       echo "strangler strangler wrk http://$u:$S_MAIN/ $w -s $HERE/close.lua"
+      base_target wrk "http://$u:$S_BASE/" $w -s "$HERE/close.lua"
       echo "nginx nginx wrk http://$u:$N_MAIN/ $w -s $HERE/close.lua"
       echo "haproxy haproxy wrk http://$u:$H_MAIN/ $w -s $HERE/close.lua" ;;
     upload)
       local up="-c$UPLOAD_CONNS -s $HERE/upload.lua"
       echo "direct direct wrk http://$u:$UP/upload $up"
       echo "strangler strangler wrk http://$u:$S_MAIN/upload $up"
+      base_target wrk "http://$u:$S_BASE/upload" $up
       echo "nginx nginx wrk http://$u:$N_MAIN/upload $up"
       echo "haproxy haproxy wrk http://$u:$H_MAIN/upload $up" ;;
     routes1k)
@@ -492,6 +515,7 @@ targets_of() {
       [ $HAVE_H2LOAD = 1 ] || return 0
       echo "direct direct h2load http://$u:$UP_H2/"
       echo "strangler strangler h2load http://$u:$S_MAIN/"
+      base_target h2load "http://$u:$S_BASE/"
       echo "nginx nginx h2load http://$u:$N_H2/"
       echo "haproxy haproxy h2load http://$u:$H_H2/" ;;
     logs)
@@ -506,6 +530,7 @@ targets_of() {
       local q="-c $CONNS -q $RATE --latency-correction -w"
       echo "direct direct oha http://$u:$UP/ $q"
       echo "strangler strangler oha http://$u:$S_MAIN/ $q"
+      base_target oha "http://$u:$S_BASE/" $q
       echo "nginx nginx oha http://$u:$N_MAIN/ $q"
       echo "haproxy haproxy oha http://$u:$H_MAIN/ $q" ;;
     rate-shadow)
@@ -523,7 +548,7 @@ log "$runs runs per round x $ROUNDS rounds x ${DURATION}s: about $(( (runs * (DU
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # Warm-up: fill every pool, fault in every page; not recorded.
-for url in "$UP" "$S_MAIN" "$N_MAIN" "$H_MAIN" "$S_1K" "$N_1K" "$H_1K" "$S_LOG" "$N_LOG" "$H_LOG" "$S_SHADOW" "$N_MIRROR"; do
+for url in "$UP" "$S_MAIN" ${BASELINE:+"$S_BASE"} "$N_MAIN" "$H_MAIN" "$S_1K" "$N_1K" "$H_1K" "$S_LOG" "$N_LOG" "$H_LOG" "$S_SHADOW" "$N_MIRROR"; do
   timeout 20 wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$url/" >/dev/null 2>&1 || true
 done
 
@@ -572,7 +597,7 @@ idle_test() { # INSTANCE PORT
 idle_test strangler "$S_MAIN"
 idle_test nginx "$N_MAIN"
 idle_test haproxy "$H_MAIN"
-for inst in strangler-1k strangler-log strangler-shadow direct; do
+for inst in strangler-1k strangler-log strangler-shadow ${BASELINE:+baseline} direct; do
   printf '%s\t%s\t\t\t\n' "$inst" "$(status_kb VmHWM $(pids_of $inst))" >>"$RSS"
 done
 
@@ -592,6 +617,7 @@ json.dump({
     "tools": """$tools""", "command": """$COMMAND""", "conns": $CONNS, "upload_conns": $UPLOAD_CONNS,
     "h2_conns": $H2_CONNS, "h2_streams": $H2_STREAMS, "shadow_delay_ms": $SHADOW_DELAY_MS,
     "rate": $([ $HAVE_OHA = 1 ] && echo "$RATE" || echo None),
+    "baseline": """$BASELINE""",
 }, open(sys.argv[1], "w"))
 EOF
 if [ $APPEND = 1 ]; then
