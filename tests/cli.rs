@@ -217,6 +217,27 @@ routes:
     );
 }
 
+/// `check` refuses a shadow thread priority outside Linux's nice range.
+#[test]
+fn check_refuses_an_out_of_range_shadow_nice() {
+    let routes = r#"server:
+  shadow: { nice: 25 }
+backends:
+  monolith: { url: "http://127.0.0.1:3000" }
+default: monolith
+"#;
+    let dir = RoutesDir::new(&[("a.yaml", routes)]);
+
+    let output = strangler(&["check", dir.routes().to_str().unwrap()], dir.dir.path());
+
+    let out = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("`nice: 25` is out of range; use 0 (as the client path) to 19 (lowest)"),
+        "{out}"
+    );
+}
+
 /// `check` warns about a route that an identical earlier route shadows, and
 /// still exits 0.
 #[test]

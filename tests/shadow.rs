@@ -338,3 +338,47 @@ async fn mismatches_are_appended_to_the_diff_log() {
     assert_eq!(lines[0]["route"], "catalog");
     assert_eq!(lines[0]["diff"]["differences"][0]["path"], "$.b");
 }
+
+/// The shadow thread runs below the client path's CPU priority, at the
+/// configured nice value (Linux: each thread has its own).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_shadow_thread_runs_at_the_configured_lower_priority() {
+    let monolith = FakeBackend::with_headers(Behaviour::Fixed("{\"a\":1}"), &[JSON]).await;
+    let candidate = FakeBackend::with_headers(Behaviour::Fixed("{\"a\":1}"), &[JSON]).await;
+    let yaml = format!(
+        "server: {{ shadow: {{ nice: 7 }} }}\n{}",
+        shadow_routes(&monolith.url(), &candidate.url(), "")
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    assert_eq!(proxy.get("/api/catalog/1").await.status, StatusCode::OK);
+    // A compared job means the thread has started (and set its priority).
+    wait_for_outcome(&proxy, "match", 1.0).await;
+
+    let nices = shadow_thread_nices();
+    assert!(
+        nices.contains(&7),
+        "nice values of shadow-mirror threads: {nices:?}"
+    );
+}
+
+/// The nice value of every thread of this process named `shadow-mirror`
+/// (other tests here run their own, at the default).
+#[cfg(target_os = "linux")]
+fn shadow_thread_nices() -> Vec<i64> {
+    let tasks = std::fs::read_dir("/proc/self/task").expect("list this process's threads");
+    tasks
+        .filter_map(|task| {
+            let dir = task.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            if comm.trim() != "shadow-mirror" {
+                return None;
+            }
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // Fields after the parenthesised name, which may hold spaces;
+            // `nice` is field 19, the 17th after the name.
+            let after_name = &stat[stat.rfind(')')? + 2..];
+            after_name.split(' ').nth(16)?.parse().ok()
+        })
+        .collect()
+}

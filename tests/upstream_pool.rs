@@ -254,7 +254,12 @@ async fn a_connection_the_backend_closed_is_replaced() {
         let reply = proxy.get("/p").await;
         assert_eq!((reply.status, reply.text()), (StatusCode::OK, expected));
     }
-    assert_eq!(backend.connections(), 3);
+    let connections: Vec<usize> = backend.seen().iter().map(|seen| seen.connection).collect();
+    assert_eq!(
+        connections,
+        [1, 2, 3],
+        "each request on a connection of its own"
+    );
     assert!(
         backend.closed.try_recv().is_err(),
         "the backend closed them, not the proxy"

@@ -146,6 +146,9 @@ pub struct ShadowPipelineSpec {
     pub concurrency: Option<usize>,
     /// Appends every mismatch as one JSON line to this file.
     pub diff_log: Option<String>,
+    /// How much lower the shadow thread's CPU priority is than the client
+    /// path's (Linux nice, 0 to 19; default 10).
+    pub nice: Option<u8>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]

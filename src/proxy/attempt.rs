@@ -55,7 +55,10 @@ pub(super) async fn exchange(
                 upstream.budget.deposit();
             }
             let (wrapped, reclaim) = reclaimable(current);
-            let outcome = send(snapshot, route, backend, head, boxed(wrapped)).await;
+            // Boxed: the exchange's future (pool, timeout, hyper's send) is
+            // most of a request's state; inline, every enclosing future
+            // would carry it and be copied with it.
+            let outcome = Box::pin(send(snapshot, route, backend, head, boxed(wrapped))).await;
             match &outcome {
                 Ok(response) if is_gateway_failure(response.status()) => {
                     upstream.breaker.on_failure()

@@ -86,9 +86,9 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let shared = self.shared.clone();
-        let conn = self.conn.clone();
-        Box::pin(async move { Ok(handle(&shared, conn, req).await) })
+        // No async block around `handle`: every layer of future is one more
+        // copy of the whole request state (kilobytes) per request.
+        Box::pin(handle(self.shared.clone(), self.conn.clone(), req))
     }
 }
 
@@ -109,7 +109,12 @@ pub(crate) struct RequestCtx {
     pub backend: OnceLock<BackendId>,
 }
 
-async fn handle(shared: &Shared, conn: ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn handle(
+    shared: Arc<Shared>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let shared = &*shared;
     // One refcount: requests in flight finish on the snapshot they started with.
     let snapshot = shared.table.load_full();
     let sampling = shared
@@ -125,18 +130,20 @@ async fn handle(shared: &Shared, conn: ConnInfo, req: Request<Incoming>) -> Resp
         upstream_started: OnceLock::new(),
         backend: OnceLock::new(),
     };
+    // Boxed: kept across the await, it would grow every request's future
+    // by its size, tracing on or off.
     let span = match &shared.spans {
-        Some(spans) => PendingSpan::start(spans, &ctx, &req),
+        Some(spans) => PendingSpan::start(spans, &ctx, &req).map(Box::new),
         None => None,
     };
     let (response, route) = respond(shared, &snapshot, &ctx, req).await;
-    match span {
+    Ok(match span {
         Some(span) => {
             let backend = ctx.backend.get().map(|id| &*snapshot.backend(*id).name);
             span.finish(response, route.map(|r| &*r.name), backend)
         }
         None => response,
-    }
+    })
 }
 
 /// Refuses the request, or routes and forwards it; also says which route

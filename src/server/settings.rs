@@ -46,6 +46,9 @@ pub struct ShadowSettings {
     pub queue: usize,
     pub concurrency: usize,
     pub diff_log: Option<std::path::PathBuf>,
+    /// How much lower than the client path the shadow thread runs (Linux
+    /// nice, 0 to 19).
+    pub nice: u8,
 }
 
 impl Default for ShadowSettings {
@@ -54,6 +57,7 @@ impl Default for ShadowSettings {
             queue: 1024,
             concurrency: 64,
             diff_log: None,
+            nice: 10,
         }
     }
 }

@@ -293,15 +293,9 @@ impl HeadCheck {
                 }
                 State::Start | State::RequestLine | State::Headers => {
                     self.has_head_bytes = true;
-                    if self.is_in_plain_run() {
-                        // Up to the line's end, bytes only count: jump there.
-                        let run =
-                            memchr::memchr2(b'\r', b'\n', &bytes[i..]).unwrap_or(bytes.len() - i);
-                        self.line_len += run;
-                        i += run;
-                        if i == bytes.len() {
-                            break;
-                        }
+                    i += self.take_run(&bytes[i..]);
+                    if i == bytes.len() {
+                        break;
                     }
                     if self.head_byte(bytes[i]).is_err() {
                         self.state = State::Refused;
@@ -314,17 +308,33 @@ impl HeadCheck {
         None
     }
 
-    /// Whether the bytes up to the next CR or LF matter only by their
-    /// count: the rest of a request line past its prefix, or a header
-    /// value that frames nothing. (Most of a head: `inspect` then skips
-    /// them with `memchr` instead of a byte at a time.)
-    fn is_in_plain_run(&self) -> bool {
-        !self.after_cr
-            && match self.state {
-                State::RequestLine => self.line_len >= self.prefix.len(),
-                State::Headers => self.in_value && self.field != Field::ContentLength,
-                _ => false,
+    /// Takes the bytes before the next one that matters (CR, LF, or the
+    /// colon after a field name), which only count or fill the prefix: most
+    /// of a head is skipped with `memchr` rather than a byte at a time.
+    /// Returns how many were taken.
+    fn take_run(&mut self, rest: &[u8]) -> usize {
+        if self.after_cr {
+            return 0;
+        }
+        let next = match self.state {
+            State::RequestLine => memchr::memchr2(b'\r', b'\n', rest),
+            State::Headers if !self.in_value => memchr::memchr3(b':', b'\r', b'\n', rest),
+            // A length's digits are checked one by one.
+            State::Headers if self.field != Field::ContentLength => {
+                memchr::memchr2(b'\r', b'\n', rest)
             }
+            _ => return 0,
+        };
+        let run = next.unwrap_or(rest.len());
+        if !self.in_value && self.line_len < self.prefix.len() {
+            let room = (self.prefix.len() - self.line_len).min(run);
+            let slots = &mut self.prefix[self.line_len..self.line_len + room];
+            for (slot, byte) in slots.iter_mut().zip(rest) {
+                *slot = byte.to_ascii_lowercase();
+            }
+        }
+        self.line_len += run;
+        run
     }
 
     fn head_byte(&mut self, byte: u8) -> Result<(), ()> {

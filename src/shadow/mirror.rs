@@ -116,9 +116,14 @@ impl Mirror {
             .build();
         match runtime {
             Ok(runtime) => {
+                let nice = settings.nice;
                 let spawned = std::thread::Builder::new()
-                    .name("strangler-shadow".into())
-                    .spawn(move || runtime.block_on(dispatcher));
+                    // Linux shows 15 bytes of a thread name (`top -H`, `/proc`).
+                    .name("shadow-mirror".into())
+                    .spawn(move || {
+                        super::priority::lower_current_thread(nice);
+                        runtime.block_on(dispatcher)
+                    });
                 if let Err(err) = spawned {
                     tracing::warn!(error = %err, "cannot start the shadow thread; shadowing is off");
                 }

@@ -3,13 +3,15 @@
 //!
 //! `mirror` queues and runs the jobs, `tee` keeps bounded copies of the
 //! bodies as they stream, `compare` tells real differences from noise,
-//! `store` keeps recent mismatches for the admin API.
+//! `store` keeps recent mismatches for the admin API, `priority` puts
+//! the shadow thread behind the client path.
 
 pub mod compare;
 pub mod decode;
 pub mod fieldpath;
 pub mod mirror;
 pub mod policy;
+mod priority;
 pub mod store;
 pub mod tee;
 

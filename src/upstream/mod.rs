@@ -12,6 +12,7 @@ mod health;
 mod pool;
 mod tls;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -223,19 +224,21 @@ impl Upstream {
 
     /// Sends a request (`uri_for`) and waits for the response headers, at
     /// most the backend's response timeout.
-    pub async fn send(
+    /// (Not an `async fn`: a layer of future around `send_on` would be
+    /// one more copy of it per request.)
+    pub fn send(
         &self,
         req: Request<ProxyBody>,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        self.send_on(&self.pool, req).await
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send + '_ {
+        self.send_on(&self.pool, req)
     }
 
     /// `send` for mirrored requests, on the mirror pool.
-    pub async fn send_mirror(
+    pub fn send_mirror(
         &self,
         req: Request<ProxyBody>,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        self.send_on(&self.mirror_pool, req).await
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send + '_ {
+        self.send_on(&self.mirror_pool, req)
     }
 
     async fn send_on(

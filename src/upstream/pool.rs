@@ -75,7 +75,10 @@ impl Pool {
         loop {
             let (mut sender, is_reused) = match self.take_idle() {
                 Some(sender) => (sender, true),
-                None => (self.connector.connect().await?, false),
+                // Boxed: the connect future (resolver, TCP, TLS state) is
+                // large, and inline it would grow every request's future,
+                // which is moved at each await, for a path seldom taken.
+                None => (Box::pin(self.connector.connect()).await?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(response) => return Ok(self.track(response, sender)),
