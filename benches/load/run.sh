@@ -22,6 +22,7 @@ H2_CONNS=10
 H2_STREAMS=10
 RATE=4000
 SHADOW_DELAY_MS=10
+CANDIDATE_NICE=10
 IDLE_CONNS=10000
 PORT_BASE=27100
 BIN=""
@@ -40,6 +41,7 @@ usage: $0 [options]
   -c, --connections C    wrk/oha connections (default $CONNS)
   -q, --rate QPS         constant rate of the oha scenarios (default $RATE)
       --shadow-delay MS  delay of the slow shadow candidate (default $SHADOW_DELAY_MS)
+      --candidate-nice N nice value of the slow candidate (default $CANDIDATE_NICE; 0: as the proxies)
       --idle N           idle keep-alive connections for the RSS test (default $IDLE_CONNS; 0 skips)
       --only LIST        comma-separated scenarios: get,64k,close,upload,routes1k,h2,logs,shadow,rate-get,rate-shadow
       --port-base P      ports P..P+40 on 127.0.0.1 (default $PORT_BASE)
@@ -60,6 +62,7 @@ while [ $# -gt 0 ]; do
     -c|--connections) CONNS=$2; shift 2 ;;
     -q|--rate) RATE=$2; shift 2 ;;
     --shadow-delay) SHADOW_DELAY_MS=$2; shift 2 ;;
+    --candidate-nice) CANDIDATE_NICE=$2; shift 2 ;;
     --idle) IDLE_CONNS=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
     --port-base) PORT_BASE=$2; shift 2 ;;
@@ -352,7 +355,11 @@ nginx -t -q -c "$TMP/px/nginx.conf" -p "$TMP/px" 2>"$TMP/px/t.err" || { cat "$TM
 haproxy -c -q -f "$TMP/haproxy.cfg" >/dev/null 2>"$TMP/haproxy-check.err" || { cat "$TMP/haproxy-check.err" >&2; die "haproxy config"; }
 
 start upstream nginx -c "$TMP/up/nginx.conf" -p "$TMP/up" -g 'daemon off;'
-start slow python3 "$HERE/helpers.py" slow-server "$SLOW" "$SHADOW_DELAY_MS"
+# The candidate stands for a service on other machines: on these shared
+# cores it runs at a lower priority, for strangler and nginx alike, so that
+# the shadow figures weigh each proxy's own cost of mirroring, not the cost
+# of running a Python server beside it.
+start slow nice -n "$CANDIDATE_NICE" python3 "$HERE/helpers.py" slow-server "$SLOW" "$SHADOW_DELAY_MS"
 start nginx nginx -c "$TMP/px/nginx.conf" -p "$TMP/px" -g 'daemon off;'
 start haproxy haproxy -db -f "$TMP/haproxy.cfg"
 start_strangler() { # NAME ROUTES PORT RUST_LOG [BINARY]
@@ -615,7 +622,7 @@ json.dump({
     "nproc": "$(nproc)", "kernel": "$(uname -r)", "cpu": cpu, "mem": "memory " + mem,
     "load_before": "$LOAD_BEFORE", "load_after": "$LOAD_AFTER", "commit": "$COMMIT",
     "tools": """$tools""", "command": """$COMMAND""", "conns": $CONNS, "upload_conns": $UPLOAD_CONNS,
-    "h2_conns": $H2_CONNS, "h2_streams": $H2_STREAMS, "shadow_delay_ms": $SHADOW_DELAY_MS,
+    "h2_conns": $H2_CONNS, "h2_streams": $H2_STREAMS, "shadow_delay_ms": $SHADOW_DELAY_MS, "candidate_nice": $CANDIDATE_NICE,
     "rate": $([ $HAVE_OHA = 1 ] && echo "$RATE" || echo None),
     "baseline": """$BASELINE""",
 }, open(sys.argv[1], "w"))
