@@ -336,6 +336,14 @@ def report(raw_path, rss_path, meta_path, results_path):
                 base = SHADOW_BASE[scn]
                 w(f"| {title} | {tgt} | {fmt(ratio(scn, tgt, base, tgt, 'p99', 'div'), 2, '×')} | "
                   f"{fmt(ratio(scn, tgt, base, tgt, 'rps', 'div'), 2, '×')} |")
+        outcomes = dict(kv.split("=") for kv in meta.get("shadow_outcomes", "").split() if "=" in kv)
+        if outcomes:
+            total = sum(int(v) for v in outcomes.values())
+            dropped = int(outcomes.get("dropped", 0))
+            listed = ", ".join(f"{k} {int(v):,}" for k, v in sorted(outcomes.items()))
+            w("")
+            w(f"strangler's mirrors over the whole run (`strangler_shadow_requests_total`, warm-up included): "
+              f"{listed}; {100.0 * dropped / max(1, total):.1f}% dropped.")
     if rss:
         w("")
         w("**Memory** (peak RSS = VmHWM over the whole run, before the idle test; nginx: master + workers "

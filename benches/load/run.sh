@@ -608,6 +608,13 @@ for inst in strangler-1k strangler-log strangler-shadow ${BASELINE:+baseline} di
   printf '%s\t%s\t\t\t\n' "$inst" "$(status_kb VmHWM $(pids_of $inst))" >>"$RSS"
 done
 
+# What became of the mirrored requests: a shadow that keeps the client
+# fast by dropping its mirrors would show it here.
+SHADOW_OUTCOMES=$(curl -s --max-time 5 "http://127.0.0.1:$((S_SHADOW + 1))/metrics" |
+  awk '/^strangler_shadow_requests_total\{/ { match($0, /outcome="[a-z]+"/); o = substr($0, RSTART + 9, RLENGTH - 10); n[o] += $NF }
+       END { for (o in n) printf "%s=%d ", o, n[o] }')
+log "shadow outcomes: $SHADOW_OUTCOMES"
+
 # -------------------------------------------------------------- report
 version() { "$@" 2>&1 | head -1 || true; }
 tools="$(version nginx -v | sed 's/.*version: //'), $(version haproxy -v | cut -d' ' -f1-3), $(version wrk -v | cut -d' ' -f1-2)"
@@ -623,6 +630,7 @@ json.dump({
     "load_before": "$LOAD_BEFORE", "load_after": "$LOAD_AFTER", "commit": "$COMMIT",
     "tools": """$tools""", "command": """$COMMAND""", "conns": $CONNS, "upload_conns": $UPLOAD_CONNS,
     "h2_conns": $H2_CONNS, "h2_streams": $H2_STREAMS, "shadow_delay_ms": $SHADOW_DELAY_MS, "candidate_nice": $CANDIDATE_NICE,
+    "shadow_outcomes": "$SHADOW_OUTCOMES",
     "rate": $([ $HAVE_OHA = 1 ] && echo "$RATE" || echo None),
     "baseline": """$BASELINE""",
 }, open(sys.argv[1], "w"))

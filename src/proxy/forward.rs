@@ -91,7 +91,7 @@ pub(crate) async fn forward(
                 upstream_response(snapshot, route, backend, response, client_upgrade, ctx);
             Ok(match (shadow, request_copy) {
                 (Some(policy), Some(copy)) => {
-                    mirror_response(mirror, snapshot, route, policy, &head, copy, response, ctx)
+                    mirror_response(mirror, snapshot, route, policy, head, copy, response, ctx)
                 }
                 _ => response,
             })
@@ -132,7 +132,8 @@ fn mirror_response(
     snapshot: &Snapshot,
     route: &Route,
     policy: &ShadowPolicy,
-    head: &UpstreamHead,
+    // Taken: the exchange is over, no retry needs it again.
+    head: UpstreamHead,
     request_body: RequestBody,
     response: Response<ProxyBody>,
     ctx: &RequestCtx,
@@ -142,14 +143,14 @@ fn mirror_response(
     let path_and_query = match (&policy.path, head.path_and_query.split_once('?')) {
         (Some(path), Some((_, query))) => format!("{path}?{query}"),
         (Some(path), None) => path.to_string(),
-        (None, _) => head.path_and_query.clone(),
+        (None, _) => head.path_and_query,
     };
     mirror.submit(ShadowJob {
         route: route.name.clone(),
         request_id: ctx.request_id.to_str().unwrap_or("").to_string(),
-        method: head.method.clone(),
+        method: head.method,
         path_and_query,
-        headers: head.headers.clone(),
+        headers: head.headers,
         body: request_body,
         candidate: snapshot.backend(policy.backend).upstream.clone(),
         secondary: policy
