@@ -322,3 +322,46 @@ async fn a_backend_host_name_is_resolved() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(backend.seen()[0].request_line, "GET /named HTTP/1.1");
 }
+
+/// On a multi-threaded runtime, where an answer can end before its
+/// connection is ready again: many clients at once are all answered, each
+/// with its own answer, over a bounded number of backend connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_on_several_threads_share_a_bounded_pool() {
+    const CLIENTS: usize = 8;
+    const EACH: usize = 50;
+    let backend = ScriptedBackend::start(After::KeepAlive).await;
+    let proxy = TestProxy::start(&routes(&backend.url, "")).await;
+
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let client = HttpClient::http1(proxy.addr);
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                for _ in 0..EACH {
+                    let reply = client.get("/p").await;
+                    assert_eq!(reply.status, StatusCode::OK);
+                    answers.push(reply.text().to_string());
+                }
+                answers
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for client in clients {
+        answers.extend(client.await.expect("client task"));
+    }
+
+    // Every answer is a distinct `ok-N`: none was lost, doubled or read
+    // from a connection that still held another request's bytes.
+    answers.sort();
+    answers.dedup();
+    assert_eq!(answers.len(), CLIENTS * EACH);
+    // Without reuse there would be one connection per request (400); a
+    // connection still finishing its last answer may cost a few extra.
+    let connections = backend.connections();
+    assert!(
+        connections <= 2 * CLIENTS,
+        "{connections} backend connections for {CLIENTS} concurrent clients"
+    );
+}

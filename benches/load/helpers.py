@@ -336,6 +336,19 @@ def report(raw_path, rss_path, meta_path, results_path):
                 base = SHADOW_BASE[scn]
                 w(f"| {title} | {tgt} | {fmt(ratio(scn, tgt, base, tgt, 'p99', 'div'), 2, '×')} | "
                   f"{fmt(ratio(scn, tgt, base, tgt, 'rps', 'div'), 2, '×')} |")
+        drops = {}
+        shadow_tsv = os.path.join(os.path.dirname(raw_path), "shadow.tsv")
+        if os.path.exists(shadow_tsv):
+            with open(shadow_tsv) as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) == 4 and float(parts[3]) > 0:
+                        drops.setdefault(parts[1], []).append(float(parts[2]) / float(parts[3]))
+        if drops:
+            w("")
+            w("Mirrors strangler dropped during each run (queue full or all `concurrency` slots busy; "
+              "median over rounds): " + ", ".join(
+                  f"{dict(SCENARIOS).get(scn, scn)}: {100.0 * med(v):.1f}%" for scn, v in sorted(drops.items())) + ".")
         outcomes = dict(kv.split("=") for kv in meta.get("shadow_outcomes", "").split() if "=" in kv)
         if outcomes:
             total = sum(int(v) for v in outcomes.values())

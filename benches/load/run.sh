@@ -436,10 +436,17 @@ record() { # round scenario target instance rps p50 p99 p999 errors cpu_s reques
 }
 
 # One measured run. TOOL is wrk, h2load or oha; the rest of the arguments go to the tool.
+# Mirrors strangler-shadow dropped so far (queue full or all slots busy).
+shadow_dropped() {
+  curl -s --max-time 5 "http://127.0.0.1:$((S_SHADOW + 1))/metrics" |
+    awk '/^strangler_shadow_requests_total\{/ && /outcome="dropped"/ { n += $NF } END { printf "%d", n }'
+}
+
 measure() { # ROUND SCENARIO TARGET INSTANCE TOOL URL [args...]
   local round=$1 scenario=$2 target=$3 instance=$4 tool=$5 url=$6; shift 6
-  local pids c0 c1 out line rps p50 p99 p999 errors requests
+  local pids c0 c1 out line rps p50 p99 p999 errors requests d0=""
   pids=$(pids_of "$instance")
+  [ "$instance" = strangler-shadow ] && d0=$(shadow_dropped)
   c0=$(cpu_ticks $pids)
   case "$tool" in
     wrk)
@@ -475,6 +482,10 @@ measure() { # ROUND SCENARIO TARGET INSTANCE TOOL URL [args...]
   local cpu_s
   cpu_s=$(awk -v a="$c0" -v b="$c1" -v t="$CLK_TCK" 'BEGIN {printf "%.3f", (b - a) / t}')
   record "$round" "$scenario" "$target" "$instance" "$rps" "$p50" "$p99" "$p999" "$errors" "$cpu_s" "$requests"
+  # Every request is mirrored (100%): the share dropped during this run.
+  if [ -n "$d0" ]; then
+    printf '%s\t%s\t%s\t%s\n' "$round" "$scenario" "$(($(shadow_dropped) - d0))" "$requests" >>"$TMP/shadow.tsv"
+  fi
   log "round $round  $(printf '%-11s %-9s' "$scenario" "$target")  $(printf '%9.0f req/s' "$rps")  p50 ${p50}µs  p99 ${p99}µs  p99.9 ${p999}µs  cpu ${cpu_s}s  errors ${errors}"
   sleep 0.5
 }
