@@ -311,36 +311,8 @@ async fn next_event(
 #[tokio::test]
 async fn access_log_line_carries_the_trace_id_and_route() {
     let backend = FakeBackend::with(Behaviour::Echo).await;
-    let routes = r#"
-  - name: orders-read
-    match: { prefix: "/api/orders" }
-    backend: monolith
-"#;
     let dir = tempfile::tempdir().expect("temporary directory");
-    let routes_dir = dir.path().join("routes");
-    std::fs::create_dir(&routes_dir).expect("create routes/");
-    std::fs::write(
-        routes_dir.join("routes.yaml"),
-        routes_file(&[("monolith", &backend.url())], routes),
-    )
-    .expect("write routes.yaml");
-    let state = dir.path().join("state");
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["run", "--routes"])
-        .arg(&routes_dir)
-        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        .arg("--state-dir")
-        .arg(&state)
-        .args(["--log-format", "json"])
-        .current_dir(dir.path())
-        .env("RUST_LOG", "info")
-        .env_remove("STRANGLER_LOG_FORMAT")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start strangler run");
-    let mut logs = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+    let (_child, mut logs) = start_binary(dir.path(), &backend.url(), "json");
     let find_listen = async {
         loop {
             let event = next_event(&mut logs).await;
@@ -387,4 +359,96 @@ async fn access_log_line_carries_the_trace_id_and_route() {
     assert_eq!(access["route"], "orders-read", "{access}");
     assert_eq!(access["backend"], "monolith", "{access}");
     assert_eq!(access["status"], 200, "{access}");
+}
+
+/// Starts the real binary with one route (`/api/orders` to `backend_url`)
+/// and the given `--log-format`; returns it (killed when dropped) and its
+/// stderr, line by line.
+fn start_binary(
+    dir: &std::path::Path,
+    backend_url: &str,
+    log_format: &str,
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+) {
+    let routes = r#"
+  - name: orders-read
+    match: { prefix: "/api/orders" }
+    backend: monolith
+"#;
+    let routes_dir = dir.join("routes");
+    std::fs::create_dir(&routes_dir).expect("create routes/");
+    std::fs::write(
+        routes_dir.join("routes.yaml"),
+        routes_file(&[("monolith", backend_url)], routes),
+    )
+    .expect("write routes.yaml");
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["run", "--routes"])
+        .arg(&routes_dir)
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(["--log-format", log_format])
+        .current_dir(dir)
+        .env("RUST_LOG", "info")
+        .env_remove("STRANGLER_LOG_FORMAT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start strangler run");
+    let logs = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+    (child, logs)
+}
+
+/// In text format, written to a pipe (or a file), log lines carry no ANSI
+/// colour codes: they would litter log files and break log pipelines.
+#[tokio::test]
+async fn text_logs_to_a_pipe_carry_no_colour_codes() {
+    let backend = FakeBackend::with(Behaviour::Echo).await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (_child, mut logs) = start_binary(dir.path(), &backend.url(), "text");
+
+    let serving = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let line = next_line(&mut logs).await;
+            if line.contains("strangler is serving") {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("strangler starts serving");
+    assert!(!serving.contains('\x1b'), "{serving:?}");
+    let addr: std::net::SocketAddr = serving
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("listen="))
+        .expect("the listen address")
+        .trim_matches('"')
+        .parse()
+        .expect("an address");
+
+    assert_eq!(
+        HttpClient::http1(addr).get("/api/orders/1").await.status,
+        200
+    );
+    let access = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let line = next_line(&mut logs).await;
+            if line.contains(" access: ") {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("an access log line");
+    assert!(!access.contains('\x1b'), "{access:?}");
+    assert!(access.contains("route=orders-read"), "{access}");
+}
+
+async fn next_line(logs: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>) -> String {
+    let line = logs.next_line().await.expect("read stderr");
+    line.expect("strangler is still running")
 }
