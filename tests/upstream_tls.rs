@@ -224,6 +224,23 @@ async fn a_certificate_for_another_name_needs_the_server_name_override() {
     assert_eq!(backend.last_server_name().as_deref(), Some("backend.test"));
 }
 
+/// An `https://` URL whose host no certificate can name (`a..b` is a valid
+/// URL host, not a DNS name) is refused as `upstream_tls` before any
+/// connection is tried (the proxy's log says to set `tls.server_name`).
+#[tokio::test]
+async fn a_host_no_certificate_can_name_is_502_upstream_tls() {
+    let monolith = FakeBackend::start("monolith").await;
+    let proxy = TestProxy::start(&routes(
+        &monolith,
+        &[("odd", "https://a..b:8443", String::new())],
+    ))
+    .await;
+
+    let reply = get(&proxy, "/odd").await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert_eq!(reply.json()["error"], "upstream_tls");
+}
+
 /// `strangler check` puts a bad client certificate setting at its own
 /// key: half a pair, a certificate file that is no PEM, a key that does
 /// not match its certificate.

@@ -50,6 +50,11 @@ impl ExchangeError {
     pub fn is_connect(&self) -> bool {
         !matches!(self, ExchangeError::Http(_))
     }
+
+    /// Whether it failed during the TLS handshake.
+    pub fn is_tls_handshake(&self) -> bool {
+        matches!(self, ExchangeError::TlsHandshake(_))
+    }
 }
 
 /// Where a backend lives and how to reach it.
@@ -59,7 +64,9 @@ pub struct Connector {
     port: u16,
     /// Parsed once when the host is an address: no resolver call then.
     literal: Option<IpAddr>,
-    tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// The name is `None` when the URL's host cannot be one (and no
+    /// `server_name` was given): every handshake then fails, saying so.
+    tls: Option<(TlsConnector, Option<ServerName<'static>>)>,
     /// For TCP and TLS together: a handshake that stalls is a connection
     /// that did not open, and the request never left.
     timeout: Duration,
@@ -82,9 +89,7 @@ impl Connector {
         let is_https = url.scheme() == Some(&Scheme::HTTPS);
         let port = url.port_u16().unwrap_or(if is_https { 443 } else { 80 });
         let tls = tls.filter(|_| is_https).map(|config| {
-            let name = server_name
-                .or_else(|| ServerName::try_from(host.to_string()).ok())
-                .unwrap_or_else(|| ServerName::IpAddress(IpAddr::from([0, 0, 0, 0]).into()));
+            let name = server_name.or_else(|| ServerName::try_from(host.to_string()).ok());
             (TlsConnector::from(config), name)
         });
         Connector {
@@ -99,13 +104,26 @@ impl Connector {
     /// A new connection, ready for its first request; its I/O runs in a
     /// task of the current runtime until the connection closes.
     pub async fn connect(&self) -> Result<SendRequest<ProxyBody>, ExchangeError> {
+        let tls = match &self.tls {
+            None => None,
+            Some((connector, Some(name))) => Some((connector, name.clone())),
+            Some((_, None)) => {
+                return Err(ExchangeError::TlsHandshake(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "`{}` is not a name a certificate can carry; set tls.server_name",
+                        self.host
+                    ),
+                )))
+            }
+        };
         let opening = async {
             let tcp = self.tcp().await?;
-            match &self.tls {
+            match tls {
                 None => start_http1(tcp).await,
                 Some((connector, name)) => {
                     let tls = connector
-                        .connect(name.clone(), tcp)
+                        .connect(name, tcp)
                         .await
                         .map_err(ExchangeError::TlsHandshake)?;
                     start_http1(tls).await

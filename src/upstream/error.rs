@@ -90,7 +90,7 @@ impl UpstreamError {
         // but the operator needs to know it was TLS (a certificate, a name).
         // With TLS 1.3 a refused client certificate only shows on the first
         // read, as an HTTP error.
-        if super::tls::is_tls_failure(&err) {
+        if err.is_tls_handshake() || super::tls::is_tls_failure(&err) {
             return UpstreamError::Tls {
                 backend,
                 source: Box::new(err),
