@@ -8,7 +8,7 @@
 //!   W3C trace context, `Server-Timing`.
 //! - `shadow`: mirroring to a candidate and comparing its answers (JSON-aware).
 //! - `gate`: migration verdicts from sliding windows of evidence and statistical tests.
-//! - `upstream`: backends: pooled clients, timeouts, error kinds.
+//! - `upstream`: backends: a keep-alive connection pool each, timeouts, error kinds.
 //! - `admin`: the admin HTTP API and `/metrics`.
 //! - `metrics`: every Prometheus family, defined in one place.
 //! - `reload`: load routes/, swap the snapshot, keep the old one on error.
