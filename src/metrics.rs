@@ -67,6 +67,7 @@ pub struct Families {
     pub config_last_success: Gauge,
     pub backend_up: IntGaugeVec,
     pub circuit_state: IntGaugeVec,
+    pub upstream_connections: IntCounterVec,
     pub trace_spans: IntCounterVec,
     pub rejected: IntCounterVec,
 }
@@ -197,6 +198,7 @@ impl Metrics {
             config_last_success,
             backend_up: b.gauge("strangler_backend_up", "1 when the backend is healthy.", &["backend"]),
             circuit_state: b.gauge("strangler_circuit_state", "0 closed, 1 half-open, 2 open.", &["backend"]),
+            upstream_connections: b.counter("strangler_upstream_connections_total", "Connections opened to the backend (its pools, mirrors included).", &["backend"]),
             trace_spans: b.counter("strangler_trace_spans_total", "Server spans for OTLP export (server.tracing), by outcome.", &["outcome"]),
             rejected: b.counter("strangler_rejected_requests_total", "Requests refused before any route was chosen, by reason.", &["reason"]),
             registry: b.registry,

@@ -17,6 +17,11 @@ use support::{dead_url, empty, eventually, full, routes_file, FakeBackend, HttpC
 const GOLDEN: &[(&str, &str, &[&str])] = &[
     ("strangler_backend_up", "gauge", &["backend"]),
     ("strangler_circuit_state", "gauge", &["backend"]),
+    (
+        "strangler_upstream_connections_total",
+        "counter",
+        &["backend"],
+    ),
     ("strangler_config_info", "gauge", &["version"]),
     (
         "strangler_config_last_reload_success_timestamp_seconds",

@@ -241,6 +241,15 @@ async fn connections_opened_under_concurrency_are_all_reused() {
         assert_eq!(proxy.get("/again").await.status, StatusCode::OK);
     }
     assert_eq!(backend.connections(), 4);
+    let metrics = HttpClient::http1(proxy.admin_addr).get("/metrics").await;
+    assert!(
+        metrics
+            .text()
+            .lines()
+            .any(|line| line == r#"strangler_upstream_connections_total{backend="app"} 4"#),
+        "{}",
+        metrics.text()
+    );
 }
 
 /// A backend that closes an idle connection without a word: the next

@@ -11,6 +11,7 @@ use http::uri::Scheme;
 use http::Uri;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use prometheus::IntCounter;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -70,6 +71,8 @@ pub struct Connector {
     /// For TCP and TLS together: a handshake that stalls is a connection
     /// that did not open, and the request never left.
     timeout: Duration,
+    /// `strangler_upstream_connections_total` of the backend.
+    opened: IntCounter,
 }
 
 impl Connector {
@@ -80,6 +83,7 @@ impl Connector {
         tls: Option<Arc<ClientConfig>>,
         server_name: Option<ServerName<'static>>,
         timeout: Duration,
+        opened: IntCounter,
     ) -> Connector {
         let host = url
             .host()
@@ -98,6 +102,7 @@ impl Connector {
             literal: host.parse().ok(),
             tls,
             timeout,
+            opened,
         }
     }
 
@@ -130,9 +135,11 @@ impl Connector {
                 }
             }
         };
-        tokio::time::timeout(self.timeout, opening)
+        let sender = tokio::time::timeout(self.timeout, opening)
             .await
-            .map_err(|_| ExchangeError::ConnectTimeout(self.timeout))?
+            .map_err(|_| ExchangeError::ConnectTimeout(self.timeout))??;
+        self.opened.inc();
+        Ok(sender)
     }
 
     /// Tries each address of the host in turn, as resolvers order them.

@@ -20,7 +20,7 @@ use std::time::Duration;
 use http::header::HeaderValue;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
-use prometheus::IntGauge;
+use prometheus::{IntCounter, IntGauge};
 
 use crate::body::ProxyBody;
 use crate::metrics::Metrics;
@@ -98,7 +98,7 @@ pub fn parse_url(text: &str) -> Result<Uri, UrlError> {
     Ok(uri)
 }
 
-fn build_pool(settings: &UpstreamSettings, authority: &Authority) -> Arc<Pool> {
+fn build_pool(settings: &UpstreamSettings, authority: &Authority, opened: IntCounter) -> Arc<Pool> {
     let tls = settings.tls.as_deref();
     let is_https = settings.url.scheme() == Some(&Scheme::HTTPS);
     let connector = Connector::new(
@@ -106,6 +106,7 @@ fn build_pool(settings: &UpstreamSettings, authority: &Authority) -> Arc<Pool> {
         tls::client_config(tls, is_https),
         tls::server_name(tls),
         settings.timeouts.connect,
+        opened,
     );
     let host = HeaderValue::from_str(authority.as_str())
         .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
@@ -164,8 +165,9 @@ impl Upstream {
             .authority()
             .cloned()
             .unwrap_or_else(|| Authority::from_static("invalid"));
-        let pool = build_pool(&settings, &authority);
-        let mirror_pool = build_pool(&settings, &authority);
+        let opened = metrics.upstream_connections.with_label_values(&[&name]);
+        let pool = build_pool(&settings, &authority, opened.clone());
+        let mirror_pool = build_pool(&settings, &authority, opened);
         let base_path = url.path().trim_end_matches('/').into();
         let up_gauge = metrics.backend_up.with_label_values(&[&name]);
         up_gauge.set(1);
