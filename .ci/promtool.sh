@@ -50,6 +50,8 @@ CONTRACT = {
     # Added with OTLP export, connection parking and refusal counting.
     "strangler_trace_spans_total", "strangler_connections_parked",
     "strangler_rejected_requests_total",
+    # Added with the backend connection pool.
+    "strangler_upstream_connections_total",
 } | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 LABELS = {"route", "backend", "method", "code", "kind", "from", "to", "listener", "outcome",
           "field", "side", "decision", "result", "version", "le", "instance", "job",
