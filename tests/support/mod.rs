@@ -502,14 +502,24 @@ async fn truncate(mut stream: TcpStream, state: &BackendState) {
     // Dropping the stream closes the connection 999,981 bytes early.
 }
 
-/// A URL on which nothing listens: a port bound and released at once.
+/// A URL on which nothing listens: a loopback port below the kernel's
+/// ephemeral range, found refusing connections. (A port bound and released
+/// at once could be handed to another test's server, binding port 0 at the
+/// same moment, and the "dead" backend would answer.)
 pub async fn dead_url() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let addr = listener.local_addr().expect("bound socket has an address");
-    drop(listener);
-    format!("http://{addr}")
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    for port in (1024..ephemeral_low).rev().take(200) {
+        match TcpStream::connect(("127.0.0.1", port)).await {
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return format!("http://127.0.0.1:{port}");
+            }
+            _ => continue,
+        }
+    }
+    panic!("no refusing loopback port below {ephemeral_low}");
 }
 
 // ---------------------------------------------------------------------------
