@@ -42,12 +42,15 @@ pub enum ExchangeError {
     ConnectTimeout(Duration),
     #[error("TLS handshake failed")]
     TlsHandshake(#[source] io::Error),
+    #[error("the new connection closed before the request was sent")]
+    NotSent(#[source] hyper::Error),
     #[error("HTTP/1.1 exchange failed")]
     Http(#[from] hyper::Error),
 }
 
 impl ExchangeError {
-    /// Whether the request surely never left: the connection did not open.
+    /// Whether the request surely never left: the connection did not open,
+    /// or closed before the request was written.
     pub fn is_connect(&self) -> bool {
         !matches!(self, ExchangeError::Http(_))
     }

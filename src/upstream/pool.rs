@@ -84,7 +84,9 @@ impl Pool {
                 Ok(response) => return Ok(self.track(response, sender)),
                 Err(mut err) => match err.take_message() {
                     Some(unsent) if is_reused => req = unsent,
-                    _ => return Err(ExchangeError::Http(err.into_error())),
+                    // Never left: safe to resend elsewhere, like a refused connect.
+                    Some(_) => return Err(ExchangeError::NotSent(err.into_error())),
+                    None => return Err(ExchangeError::Http(err.into_error())),
                 },
             }
         }
