@@ -411,16 +411,7 @@ async fn text_logs_to_a_pipe_carry_no_colour_codes() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let (_child, mut logs) = start_binary(dir.path(), &backend.url(), "text");
 
-    let serving = tokio::time::timeout(PATIENCE, async {
-        loop {
-            let line = next_line(&mut logs).await;
-            if line.contains("strangler is serving") {
-                return line;
-            }
-        }
-    })
-    .await
-    .expect("strangler starts serving");
+    let serving = line_containing(&mut logs, "strangler is serving").await;
     assert!(!serving.contains('\x1b'), "{serving:?}");
     let addr: std::net::SocketAddr = serving
         .split_whitespace()
@@ -434,21 +425,26 @@ async fn text_logs_to_a_pipe_carry_no_colour_codes() {
         HttpClient::http1(addr).get("/api/orders/1").await.status,
         200
     );
-    let access = tokio::time::timeout(PATIENCE, async {
-        loop {
-            let line = next_line(&mut logs).await;
-            if line.contains(" access: ") {
-                return line;
-            }
-        }
-    })
-    .await
-    .expect("an access log line");
+    let access = line_containing(&mut logs, " access: ").await;
     assert!(!access.contains('\x1b'), "{access:?}");
     assert!(access.contains("route=orders-read"), "{access}");
 }
 
-async fn next_line(logs: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>) -> String {
-    let line = logs.next_line().await.expect("read stderr");
-    line.expect("strangler is still running")
+/// The next stderr line that contains `needle`, within `PATIENCE`.
+async fn line_containing(
+    logs: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    needle: &str,
+) -> String {
+    let find = async {
+        loop {
+            let line = logs.next_line().await.expect("read stderr");
+            let line = line.expect("strangler is still running");
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, find)
+        .await
+        .unwrap_or_else(|_| panic!("no log line containing {needle:?}"))
 }
