@@ -362,12 +362,24 @@ async fn access_log_line_carries_the_trace_id_and_route() {
 }
 
 /// Starts the real binary with one route (`/api/orders` to `backend_url`)
-/// and the given `--log-format`; returns it (killed when dropped) and its
-/// stderr, line by line.
+/// and the given `--log-format`, at `RUST_LOG=info`; returns it (killed
+/// when dropped) and its stderr, line by line.
 fn start_binary(
     dir: &std::path::Path,
     backend_url: &str,
     log_format: &str,
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+) {
+    start_binary_logging(dir, backend_url, log_format, "info")
+}
+
+fn start_binary_logging(
+    dir: &std::path::Path,
+    backend_url: &str,
+    log_format: &str,
+    rust_log: &str,
 ) -> (
     tokio::process::Child,
     tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
@@ -392,7 +404,7 @@ fn start_binary(
         .arg(dir.join("state"))
         .args(["--log-format", log_format])
         .current_dir(dir)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", rust_log)
         .env_remove("STRANGLER_LOG_FORMAT")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -428,6 +440,59 @@ async fn text_logs_to_a_pipe_carry_no_colour_codes() {
     let access = line_containing(&mut logs, " access: ").await;
     assert!(!access.contains('\x1b'), "{access:?}");
     assert!(access.contains("route=orders-read"), "{access}");
+}
+
+/// `RUST_LOG` decides on access lines as on any target: with
+/// `strangler=info` the proxy's own lines are written and the `access`
+/// target's are not (the access log has its own writer, not tracing's).
+#[tokio::test]
+async fn access_lines_obey_rust_log() {
+    let backend = FakeBackend::with(Behaviour::Echo).await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (child, mut logs) =
+        start_binary_logging(dir.path(), &backend.url(), "text", "strangler=info");
+    let serving = line_containing(&mut logs, "strangler is serving").await;
+    let addr: std::net::SocketAddr = serving
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("listen="))
+        .expect("the listen address")
+        .parse()
+        .expect("an address");
+    assert_eq!(
+        HttpClient::http1(addr).get("/api/orders/1").await.status,
+        200
+    );
+    // The access line is written before the answer leaves, so any line of
+    // it comes before the reload's.
+    let changed = r#"
+  - name: orders-renamed
+    match: { prefix: "/api/orders" }
+    backend: monolith
+"#;
+    std::fs::write(
+        dir.path().join("routes").join("routes.yaml"),
+        routes_file(&[("monolith", &backend.url())], changed),
+    )
+    .expect("rewrite routes.yaml");
+    let pid = child.id().expect("the child's pid");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -HUP {pid}");
+    let find = async {
+        loop {
+            let line = logs.next_line().await.expect("read stderr");
+            let line = line.expect("strangler is still running");
+            assert!(!line.contains(" access: "), "{line}");
+            if line.contains("routes reloaded") {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, find)
+        .await
+        .expect("a reload line");
 }
 
 /// The next stderr line that contains `needle`, within `PATIENCE`.

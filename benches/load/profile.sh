@@ -81,7 +81,7 @@ wait_up() { for _ in $(seq 1 300); do curl -s -o /dev/null --max-time 1 "$URL" &
 
 case "$MODE" in
   callgrind)
-    RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
+    RUST_LOG=${RUST_LOG:-warn} valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
       "$BIN" "${ARGS[@]}" >"$OUT/strangler.out" 2>&1 &
     SPID=$!; PIDS+=($SPID)
     wait_up
@@ -97,7 +97,7 @@ case "$MODE" in
     cat "$OUT/summary.txt"
     ;;
   perf)
-    RUST_LOG=warn "$BIN" "${ARGS[@]}" >"$OUT/strangler.out" 2>&1 &
+    RUST_LOG=${RUST_LOG:-warn} "$BIN" "${ARGS[@]}" >"$OUT/strangler.out" 2>&1 &
     SPID=$!; PIDS+=($SPID)
     wait_up
     wrk -t1 -c50 -d2s "$URL" >/dev/null

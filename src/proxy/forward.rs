@@ -19,6 +19,7 @@ use crate::routing::{
     bucket_of, BackendId, Decision, HostRewrite, Route, Snapshot, Target, BUCKETS,
 };
 use crate::shadow::{Copied, Mirror, PrimaryAnswer, RequestBody, ShadowJob, ShadowPolicy, TeeBody};
+use crate::telemetry::access::{self, AccessLine};
 use crate::upstream::UpstreamBody;
 
 /// The upstream request line and headers, kept so a fallback can resend them.
@@ -350,19 +351,22 @@ fn finish(
             response = Response::from_parts(parts, boxed(tee));
         }
     }
-    tracing::info!(
-        target: "access",
-        request_id = ctx.request_id.to_str().unwrap_or(""),
-        trace_id = ctx.trace.trace_id(),
-        span_id = ctx.trace.span_id(),
-        client = %ctx.client.ip,
-        method = %method,
-        route = %route.name,
-        backend = %snapshot.backend(backend).name,
-        status,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        error = error.as_deref(),
-    );
+    if access::enabled() {
+        AccessLine {
+            request_id: ctx.request_id.to_str().unwrap_or(""),
+            trace_id: ctx.trace.trace_id(),
+            span_id: Some(ctx.trace.span_id()),
+            client: Some(ctx.client.ip),
+            method: method.as_str(),
+            route: Some(&route.name),
+            backend: Some(&snapshot.backend(backend).name),
+            status: Some(status),
+            duration: Some(elapsed),
+            error: error.as_deref(),
+            ..AccessLine::default()
+        }
+        .write();
+    }
     response
 }
 

@@ -30,6 +30,7 @@ use crate::body::ProxyBody;
 use crate::metrics::Metrics;
 use crate::routing::{BackendId, RequestView, Route, Snapshot, DEFAULT_ROUTE};
 use crate::shadow::Mirror;
+use crate::telemetry::access::{self, AccessLine};
 use crate::telemetry::{PendingSpan, Spans};
 
 pub use self::client::{client_addr, BadCidr, ClientAddr, TrustedProxies};
@@ -247,14 +248,17 @@ fn reject(
         _ => "framing",
     };
     shared.metrics.rejected.with_label_values(&[reason]).inc();
-    tracing::info!(
-        target: "access",
-        request_id = ctx.request_id.to_str().unwrap_or(""),
-        trace_id = ctx.trace.trace_id(),
-        client = %ctx.client.ip,
-        method = %req.method(),
-        error = %err,
-        "rejected"
-    );
+    if access::enabled() {
+        AccessLine {
+            message: Some("rejected"),
+            request_id: ctx.request_id.to_str().unwrap_or(""),
+            trace_id: ctx.trace.trace_id(),
+            client: Some(ctx.client.ip),
+            method: req.method().as_str(),
+            error: Some(&err.to_string()),
+            ..AccessLine::default()
+        }
+        .write();
+    }
     err.into_response(DEFAULT_ROUTE, ctx)
 }

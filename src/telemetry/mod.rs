@@ -1,12 +1,13 @@
 //! Logging and spans: the tracing subscriber (text or JSON, filtered by
 //! `RUST_LOG`), and the optional OTLP export of the proxy's server spans.
 //!
-//! The access log is the `access` target at INFO, one line per request
+//! The access log (`access`) is the `access` target at INFO, one line per request
 //! with route, backend, status, duration, request id, and the W3C trace id
 //! and the proxy's span id (`proxy::trace`), so a log line leads to the
 //! backends' traces of the same request. With `server.tracing` set, the
 //! same span is also exported to an OpenTelemetry collector (`otlp`).
 
+pub(crate) mod access;
 pub mod otlp;
 mod span;
 
@@ -28,6 +29,7 @@ pub fn init(format: LogFormat) {
     // Colours only for a person at a terminal: in a file or a pipe the
     // escape codes litter every line (and cost a little per line).
     let is_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    access::set_style(format, is_terminal);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(is_terminal)
