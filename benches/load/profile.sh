@@ -2,13 +2,15 @@
 # Profiles strangler under the small-GET scenario of run.sh (keep-alive GET
 # of a 2-byte answer through one `prefix: /` route to an nginx upstream).
 #
-#   benches/load/profile.sh [callgrind|perf] [-n REQUESTS] [--out DIR]
+#   benches/load/profile.sh [callgrind|perf] [-n REQUESTS] [--out DIR] [--shadow]
 #
 # callgrind (default; needs valgrind): a bounded count of requests, user-space
 #   instructions per function, exact but blind to time spent in the kernel.
 # perf: `perf record -e cpu-clock` (flat, per symbol) for a bounded time; a
 #   software clock, so it works where hardware counters are not exposed
 #   (VMs), and it includes the kernel.
+# --shadow: the route also mirrors every request to a second, equally fast
+#   nginx answer (the cost of shadowing itself, without a slow candidate).
 # Writes the raw profile and a summary to --out (default /tmp/strangler-profile).
 set -euo pipefail
 
@@ -20,6 +22,7 @@ SECONDS_PERF=10
 OUT=/tmp/strangler-profile
 PORT=27190
 BIN="$ROOT/target/release/strangler"
+SHADOW=false
 while [ $# -gt 0 ]; do
   case "$1" in
     callgrind|perf) MODE=$1; shift ;;
@@ -28,7 +31,8 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
     --port) PORT=$2; shift 2 ;;
-    *) echo "usage: $0 [callgrind|perf] [-n REQUESTS] [-d SECONDS] [--out DIR] [--bin PATH]" >&2; exit 2 ;;
+    --shadow) SHADOW=true; shift ;;
+    *) echo "usage: $0 [callgrind|perf] [-n REQUESTS] [-d SECONDS] [--out DIR] [--bin PATH] [--shadow]" >&2; exit 2 ;;
   esac
 done
 for tool in nginx h2load wrk curl; do command -v $tool >/dev/null || { echo "$tool missing" >&2; exit 1; }; done
@@ -60,6 +64,7 @@ http {
     client_body_temp_path $TMP/body; proxy_temp_path $TMP/proxy; fastcgi_temp_path $TMP/fcgi;
     uwsgi_temp_path $TMP/uwsgi; scgi_temp_path $TMP/scgi;
     server { listen 127.0.0.1:$UP; location / { return 200 "ok"; } }
+    server { listen 127.0.0.1:$((PORT + 3)); location / { return 200 "ok"; } }
 }
 EOF
 mkdir -p "$TMP/routes"
@@ -72,6 +77,10 @@ routes:
     match: { prefix: "/" }
     backend: upstream
 EOF
+if $SHADOW; then
+  sed -i "s|^default: upstream|  candidate: { url: \"http://127.0.0.1:$((PORT + 3))\" }\ndefault: upstream|" "$TMP/routes/routes.yaml"
+  echo "    shadow: { backend: candidate, sample: 100% }" >>"$TMP/routes/routes.yaml"
+fi
 nginx -c "$TMP/nginx.conf" -p "$TMP" -g 'daemon off;' >"$TMP/nginx.out" 2>&1 &
 PIDS+=($!)
 

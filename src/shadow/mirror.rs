@@ -188,25 +188,44 @@ async fn start_job(job: ShadowJob, slots: &Arc<Semaphore>, worker: &Arc<Worker>)
     let Ok(slot) = slots.clone().acquire_owned().await else {
         return;
     };
-    let route = job.route.clone();
-    let task = tokio::spawn({
-        let worker = worker.clone();
-        async move {
-            let outcome = match tokio::time::timeout(JOB_DEADLINE, worker.run(job)).await {
-                Ok(outcome) => outcome,
-                Err(_) => (Outcome::Error, None),
-            };
-            drop(slot);
-            outcome
-        }
-    });
-    // A panic in a comparison ends that job as an error; the client was
-    // answered long ago and nothing else is affected.
+    let outcome = JobOutcome {
+        worker: worker.clone(),
+        route: job.route.clone(),
+        result: None,
+    };
+    // One task per job, its future boxed: the task's cell stays small, and
+    // spawning copies it whole.
     let worker = worker.clone();
+    let run = Box::pin(async move { worker.run(job).await });
     tokio::spawn(async move {
-        let (outcome, latency) = task.await.unwrap_or((Outcome::Error, None));
-        worker.record(&route, outcome, latency);
+        let mut outcome = outcome;
+        outcome.result = Some(match tokio::time::timeout(JOB_DEADLINE, run).await {
+            Ok(result) => result,
+            Err(_) => (Outcome::Error, None),
+        });
+        drop(slot);
     });
+}
+
+/// Records a job's outcome when the job ends, however it ends: a panic in
+/// a comparison counts as an error (the client was answered long ago and
+/// nothing else is affected). A job dropped unfinished, as at shutdown,
+/// records nothing.
+struct JobOutcome {
+    worker: Arc<Worker>,
+    route: RouteName,
+    result: Option<(Outcome, Option<Duration>)>,
+}
+
+impl Drop for JobOutcome {
+    fn drop(&mut self) {
+        let result = match self.result.take() {
+            Some(result) => result,
+            None if std::thread::panicking() => (Outcome::Error, None),
+            None => return,
+        };
+        self.worker.record(&self.route, result.0, result.1);
+    }
 }
 
 struct Worker {
