@@ -211,7 +211,7 @@ def report(raw_path, rss_path, meta_path, results_path):
             if not line.strip():
                 continue
             rec = dict(zip(header, line.rstrip("\n").split("\t")))
-            for key in ("rps", "p50", "p99", "p999", "cpu_s", "requests", "errors"):
+            for key in ("rps", "p50", "p99", "p999", "cpu_s", "requests", "errors", "sys_s"):
                 try:
                     rec[key] = float(rec[key])
                 except (KeyError, ValueError):
@@ -270,8 +270,8 @@ def report(raw_path, rss_path, meta_path, results_path):
     w("- figures are medians over rounds; ratios are medians of the per-round ratios (targets are "
       "interleaved round-robin, so each round compares runs made minutes apart at most)")
     w("")
-    w("| scenario | target | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | errors |")
-    w("|---|---|---:|---:|---:|---:|---:|---:|")
+    w("| scenario | target | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | of which kernel | errors |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for scn, title in SCENARIOS:
         for tgt in TARGETS:
             if (scn, tgt) not in by:
@@ -281,16 +281,19 @@ def report(raw_path, rss_path, meta_path, results_path):
             vals = [r["cpu_s"] / r["requests"] * 1e6 for r in by[(scn, tgt)]
                     if r["cpu_s"] is not None and r["requests"]]
             cpu = med(vals)
+            kernel = med([r["sys_s"] / r["requests"] * 1e6 for r in by[(scn, tgt)]
+                          if r["sys_s"] is not None and r["requests"]])
             name = tgt
             variant = by[(scn, tgt)][0].get("instance", tgt)
             if variant and variant != tgt:
                 name = f"{tgt} ({variant})"
             w(f"| {title} | {name} | {fmt(cell(scn, tgt, 'rps'))} | {fmt(ms(cell(scn, tgt, 'p50')), 2)} | "
-              f"{fmt(ms(cell(scn, tgt, 'p99')), 2)} | {fmt(ms(cell(scn, tgt, 'p999')), 2)} | {fmt(cpu, 1)} | {errs:.0f} |")
+              f"{fmt(ms(cell(scn, tgt, 'p99')), 2)} | {fmt(ms(cell(scn, tgt, 'p999')), 2)} | {fmt(cpu, 1)} | {fmt(kernel, 1)} | {errs:.0f} |")
     w("")
     w("CPU µs/req is the proxy's own utime+stime (all its processes and threads) over the run divided by "
       "the requests completed; for `direct` it is the upstream nginx's. With one worker a proxy can use at "
-      "most about 1 s of CPU per second of run.")
+      "most about 1 s of CPU per second of run. \"of which kernel\" is the stime part: system calls, "
+      "and the loopback TCP stack that runs in the sender's context.")
     w("")
     w("**Ratios** (strangler / other, throughput; added p99 = target p99 − direct p99, ms):")
     w("")

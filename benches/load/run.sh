@@ -409,13 +409,13 @@ pids_of() { # instance -> the PIDs whose CPU counts (nginx: master + workers)
   echo "$pid"
   cat "/proc/$pid/task/$pid/children" 2>/dev/null || true
 }
-cpu_ticks() { # PIDS... -> utime+stime in ticks, summed
-  local total=0 pid t
+cpu_ticks() { # PIDS... -> "utime+stime stime" in ticks, summed
+  local total=0 kernel=0 pid t s
   for pid in "$@"; do
-    t=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}') || t=0
-    total=$((total + ${t:-0}))
+    read -r t s < <(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13, $13}') || true
+    total=$((total + ${t:-0})); kernel=$((kernel + ${s:-0}))
   done
-  echo $total
+  echo "$total $kernel"
 }
 status_kb() { # FIELD PIDS... -> summed kB
   local field=$1 total=0 pid v; shift
@@ -430,8 +430,8 @@ kv() { # KEY LINE -> value of KEY=value
 }
 
 RAW="$TMP/raw.tsv"
-printf 'round\tscenario\ttarget\tinstance\trps\tp50\tp99\tp999\terrors\tcpu_s\trequests\n' >"$RAW"
-record() { # round scenario target instance rps p50 p99 p999 errors cpu_s requests
+printf 'round\tscenario\ttarget\tinstance\trps\tp50\tp99\tp999\terrors\tcpu_s\trequests\tsys_s\n' >"$RAW"
+record() { # round scenario target instance rps p50 p99 p999 errors cpu_s requests sys_s
   (IFS=$'\t'; echo "$*") >>"$RAW"
 }
 
@@ -479,9 +479,10 @@ measure() { # ROUND SCENARIO TARGET INSTANCE TOOL URL [args...]
       ;;
   esac
   c1=$(cpu_ticks $pids)
-  local cpu_s
-  cpu_s=$(awk -v a="$c0" -v b="$c1" -v t="$CLK_TCK" 'BEGIN {printf "%.3f", (b - a) / t}')
-  record "$round" "$scenario" "$target" "$instance" "$rps" "$p50" "$p99" "$p999" "$errors" "$cpu_s" "$requests"
+  local cpu_s sys_s
+  cpu_s=$(awk -v a="${c0% *}" -v b="${c1% *}" -v t="$CLK_TCK" 'BEGIN {printf "%.3f", (b - a) / t}')
+  sys_s=$(awk -v a="${c0#* }" -v b="${c1#* }" -v t="$CLK_TCK" 'BEGIN {printf "%.3f", (b - a) / t}')
+  record "$round" "$scenario" "$target" "$instance" "$rps" "$p50" "$p99" "$p999" "$errors" "$cpu_s" "$requests" "$sys_s"
   # Every request is mirrored (100%): the share dropped during this run.
   if [ -n "$d0" ]; then
     printf '%s\t%s\t%s\t%s\n' "$round" "$scenario" "$(($(shadow_dropped) - d0))" "$requests" >>"$TMP/shadow.tsv"
