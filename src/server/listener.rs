@@ -6,8 +6,10 @@
 //! restart; an open connection keeps the limits it started with.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::park::{self, ConnActivity, Readiness, TrackedBody, PARK_AFTER};
 use super::settings::ConnLimits;
+use super::sidecar::Sidecar;
 use super::wire::WireIo;
 use crate::metrics::Metrics;
 use crate::proxy::{ConnInfo, ProxyService, Shared};
@@ -33,6 +36,13 @@ const REFUSALS_IN_FLIGHT: usize = 64;
 /// How long a refused client gets to read the 503.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 34\r\n\r\n{\"error\":\"too_many_connections\"}\r\n";
+
+/// What woke a connection's task for something other than more work.
+enum Event<E> {
+    Ended(Result<(), E>),
+    Stop,
+    Tick,
+}
 
 /// A listener and what it needs to serve.
 pub(crate) struct ClientListener {
@@ -317,28 +327,50 @@ impl Connection {
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
         let mut quiet = Duration::ZERO;
         let mut is_draining = false;
+        // The stop signal and the tick are polled only when they fire, not
+        // on each of the connection's wake-ups (`sidecar`).
+        let (mut stop_side, mut tick_side) = (Sidecar::new(), Sidecar::new());
+        let mut stop = std::pin::pin!(self.stop.changed());
         // Either signal asks hyper to finish what is in flight and close:
         // HTTP/1 after the current response, HTTP/2 with a GOAWAY.
         loop {
-            tokio::select! {
-                result = connection.as_mut() => {
+            let event = std::future::poll_fn(|cx| {
+                if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                    return Poll::Ready(Event::Ended(result));
+                }
+                if is_draining {
+                    return Poll::Pending;
+                }
+                if stop_side.poll(cx, |cx| stop.as_mut().poll(cx)).is_ready() {
+                    return Poll::Ready(Event::Stop);
+                }
+                if tick_side.poll(cx, |cx| ticks.poll_tick(cx)).is_ready() {
+                    return Poll::Ready(Event::Tick);
+                }
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Event::Ended(result) => {
                     if let Err(err) = result {
                         tracing::debug!(error = %err, "connection ended with an error");
                         // hyper answered a head it could not parse itself
                         // (400, or 431 for one too large).
                         match err.downcast_ref::<hyper::Error>() {
-                            Some(e) if e.is_parse_too_large() => activity.count_rejection("too_large"),
+                            Some(e) if e.is_parse_too_large() => {
+                                activity.count_rejection("too_large")
+                            }
                             Some(e) if e.is_parse() => activity.count_rejection("framing"),
                             _ => {}
                         }
                     }
                     return quiet;
                 }
-                _ = self.stop.changed(), if !is_draining => {
+                Event::Stop => {
                     connection.as_mut().graceful_shutdown();
                     is_draining = true;
                 }
-                _ = ticks.tick(), if !is_draining => {
+                Event::Tick => {
                     if activity.take_moved() {
                         quiet = Duration::ZERO;
                         activity.cancel_park();

@@ -8,6 +8,7 @@ mod head_timeout;
 mod listener;
 mod park;
 mod settings;
+mod sidecar;
 mod wire;
 
 use std::future::Future;
