@@ -606,7 +606,17 @@ idle_test() { # INSTANCE PORT
     kill -0 $pid 2>/dev/null || break
     sleep 0.1
   done
+  # Read once it stops falling: freed buffers go back to the system over a
+  # few seconds (strangler parks after 1 s of quiet, then jemalloc purges),
+  # and a single early reading lands on the slope.
   after=$(status_kb VmRSS $pids)
+  local now
+  for _ in $(seq 1 30); do
+    sleep 0.5
+    now=$(status_kb VmRSS $pids)
+    if [ $((after - now)) -le $((after / 100)) ]; then after=$now; break; fi
+    after=$now
+  done
   kill $pid 2>/dev/null || true
   wait $pid 2>/dev/null || true
   [ -n "$ready" ] || log "idle test on $1 did not finish: $(cat "$TMP/idle.out")"

@@ -276,7 +276,9 @@ impl Connection {
             if is_resumed {
                 wire = wire.resumed();
             }
-            let quiet = self.serve_with_hyper(wire, &activity).await;
+            // Boxed: the task of a parked connection keeps none of the
+            // serving state (a few hundred bytes), only the socket.
+            let quiet = Box::pin(self.serve_with_hyper(wire, &activity)).await;
             // The socket comes back only from a parked connection.
             let Ok(back) = parked.try_recv() else {
                 return;
