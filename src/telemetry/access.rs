@@ -86,12 +86,14 @@ impl AccessLine<'_> {
         if is_ansi {
             out.extend_from_slice(b"\x1b[2m");
             timestamp(out, now);
-            out.extend_from_slice(b"\x1b[0m \x1b[32m INFO\x1b[0m \x1b[2maccess:\x1b[0m ");
+            out.extend_from_slice(b"\x1b[0m \x1b[32m INFO\x1b[0m \x1b[2maccess:\x1b[0m");
         } else {
             timestamp(out, now);
-            out.extend_from_slice(b"  INFO access: ");
+            out.extend_from_slice(b"  INFO access:");
         }
+        // ` name=`: each field brings the space before it.
         let field = |out: &mut Vec<u8>, name: &str| {
+            out.push(b' ');
             if is_ansi {
                 out.extend_from_slice(b"\x1b[3m");
                 out.extend_from_slice(name.as_bytes());
@@ -102,46 +104,38 @@ impl AccessLine<'_> {
             }
         };
         if let Some(message) = self.message {
-            out.extend_from_slice(message.as_bytes());
             out.push(b' ');
+            out.extend_from_slice(message.as_bytes());
         }
         field(out, "request_id");
         quoted(out, self.request_id);
-        out.push(b' ');
         field(out, "trace_id");
         quoted(out, self.trace_id);
         if let Some(span_id) = self.span_id {
-            out.push(b' ');
             field(out, "span_id");
             quoted(out, span_id);
         }
         if let Some(client) = self.client {
-            out.push(b' ');
             field(out, "client");
             ip(out, client);
         }
-        out.push(b' ');
         field(out, "method");
         out.extend_from_slice(self.method.as_bytes());
         for (name, value) in [("route", self.route), ("backend", self.backend)] {
             if let Some(value) = value {
-                out.push(b' ');
                 field(out, name);
                 out.extend_from_slice(value.as_bytes());
             }
         }
         if let Some(status) = self.status {
-            out.push(b' ');
             field(out, "status");
             out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
         }
         if let Some(duration) = self.duration {
-            out.push(b' ');
             field(out, "duration_ms");
             milliseconds(out, duration);
         }
         if let Some(error) = self.error {
-            out.push(b' ');
             field(out, "error");
             quoted(out, error);
         }
