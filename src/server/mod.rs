@@ -7,6 +7,7 @@
 mod head_timeout;
 mod listener;
 mod park;
+mod read_ahead;
 mod settings;
 mod sidecar;
 mod wire;

@@ -31,6 +31,7 @@ use tokio::sync::oneshot;
 
 use super::head_timeout::HeadTimeout;
 use super::park::ConnActivity;
+use super::read_ahead::ReadAhead;
 
 /// A client connection's byte stream, watched.
 pub struct WireIo<IO> {
@@ -43,6 +44,8 @@ pub struct WireIo<IO> {
     home: Option<oneshot::Sender<IO>>,
     /// End of stream was reported to hyper to park the connection.
     is_parked: bool,
+    /// hyper-util's 24-byte look at the protocol made a full read.
+    ahead: ReadAhead,
 }
 
 impl<IO> WireIo<IO> {
@@ -66,6 +69,7 @@ impl<IO> WireIo<IO> {
             clock: HeadTimeout::new(header_read_timeout, check_heads),
             home: None,
             is_parked: false,
+            ahead: ReadAhead::default(),
         }
     }
 
@@ -132,7 +136,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for WireIo<IO> {
             return this.clock.poll_close(Pin::new(inner), cx);
         }
         let before = buf.filled().len();
-        if Pin::new(&mut *inner).poll_read(cx, buf)?.is_pending() {
+        if this
+            .ahead
+            .poll_read(Pin::new(&mut *inner), cx, buf)?
+            .is_pending()
+        {
             if may_park {
                 // hyper, idle, reads this as the client's clean close.
                 this.is_parked = true;
