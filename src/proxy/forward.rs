@@ -183,6 +183,10 @@ fn upstream_head(
     let has_idempotency_key = parts.headers.contains_key(&route.idempotency_header);
     // Taken, not copied: the client's headers are not needed again.
     let mut headers = std::mem::take(&mut parts.headers);
+    // Room for the headers added below (forwarding, request id, trace), in
+    // one allocation: a new connection's map is sized to the client's few
+    // headers, and grew (and was copied) twice on the way.
+    let _ = headers.try_reserve(8);
     headers::remove_hop_by_hop(&mut headers, is_upgrade);
     headers.remove(&headers::X_STRANGLER_SHADOW);
     headers::set_forwarded(

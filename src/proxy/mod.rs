@@ -36,6 +36,7 @@ use crate::telemetry::{PendingSpan, Spans};
 pub use self::client::{client_addr, BadCidr, ClientAddr, TrustedProxies};
 pub use self::error::{json_error, ProxyError};
 use self::framing::FramingError;
+pub(crate) use self::headers::ip_text;
 pub(crate) use self::trace::{Sampling, TraceContext};
 pub use self::trace::{TRACEPARENT, TRACESTATE};
 

@@ -216,23 +216,8 @@ fn quoted(out: &mut Vec<u8>, value: &str) {
     }
 }
 
-/// An IPv4 address in digits without the formatting machinery (the common
-/// case); IPv6 through `Display`.
 fn ip(out: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut digits = itoa::Buffer::new();
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                out.extend_from_slice(digits.format(octet).as_bytes());
-            }
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
-        }
-    }
+    out.extend_from_slice(crate::proxy::ip_text(ip, &mut [0; 64]));
 }
 
 thread_local! {
