@@ -283,7 +283,10 @@ global
     nbthread $WORKERS
     # Above 10,000 for the idle test; HAProxy counts 2 FDs per connection
     # and would refuse to start under a hard limit of 20,000 without this.
-    maxconn $((IDLE_CONNS + 100))
+    # Never low: with --idle 0 this was 100, and past 25% of its FDs in use
+    # (tune.pool-high-fd-ratio) HAProxy stops keeping idle backend
+    # connections and opens one per request: 3.5x slower, all kernel time.
+    maxconn $(( (IDLE_CONNS > 4000 ? IDLE_CONNS : 4000) + 100 ))
     no strict-limits
 defaults
     mode http
