@@ -425,13 +425,7 @@ async fn text_logs_to_a_pipe_carry_no_colour_codes() {
 
     let serving = line_containing(&mut logs, "strangler is serving").await;
     assert!(!serving.contains('\x1b'), "{serving:?}");
-    let addr: std::net::SocketAddr = serving
-        .split_whitespace()
-        .find_map(|field| field.strip_prefix("listen="))
-        .expect("the listen address")
-        .trim_matches('"')
-        .parse()
-        .expect("an address");
+    let addr = listen_addr(&serving);
 
     assert_eq!(
         HttpClient::http1(addr).get("/api/orders/1").await.status,
@@ -452,12 +446,7 @@ async fn access_lines_obey_rust_log() {
     let (child, mut logs) =
         start_binary_logging(dir.path(), &backend.url(), "text", "strangler=info");
     let serving = line_containing(&mut logs, "strangler is serving").await;
-    let addr: std::net::SocketAddr = serving
-        .split_whitespace()
-        .find_map(|field| field.strip_prefix("listen="))
-        .expect("the listen address")
-        .parse()
-        .expect("an address");
+    let addr = listen_addr(&serving);
     assert_eq!(
         HttpClient::http1(addr).get("/api/orders/1").await.status,
         200
@@ -493,6 +482,17 @@ async fn access_lines_obey_rust_log() {
     tokio::time::timeout(PATIENCE, find)
         .await
         .expect("a reload line");
+}
+
+/// The `listen=` address of the text-format "strangler is serving" line.
+fn listen_addr(serving: &str) -> std::net::SocketAddr {
+    serving
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("listen="))
+        .expect("the listen address")
+        .trim_matches('"')
+        .parse()
+        .expect("an address")
 }
 
 /// The next stderr line that contains `needle`, within `PATIENCE`.
