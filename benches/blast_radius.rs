@@ -88,6 +88,7 @@ async fn run_profile(failures_in_100: usize, delay: Duration) -> Outcome {
         routes_dir: routes,
         state_dir: dir.path().join("state"),
         watch: false,
+        workers: 1,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(strangler::run(listener, admin, config, async move {

@@ -92,7 +92,7 @@ pub struct RunArgs {
         default_value = "state"
     )]
     pub state_dir: PathBuf,
-    /// Worker threads; default: all cores.
+    /// Worker threads, each serving the connections it accepts; default: one per core.
     #[arg(long, env = "STRANGLER_WORKERS")]
     pub workers: Option<usize>,
     #[arg(
@@ -206,26 +206,24 @@ fn output_error(what: &'static str) -> impl Fn(std::io::Error) -> Result<(), Cli
     }
 }
 
-fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, CliError> {
-    let mut builder = match workers {
-        // One worker: a single-threaded scheduler, without the work-stealing
-        // machinery and cross-thread wake-ups that one thread cannot use.
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(workers) if workers > 1 => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(workers);
-            builder
-        }
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    };
-    builder.enable_all().build().map_err(CliError::Runtime)
+fn single_threaded_runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)
 }
 
 fn run(args: RunArgs) -> Result<(), CliError> {
     telemetry::init(args.log_format);
-    let runtime = runtime(args.workers)?;
+    // This thread is the first worker; `serve` starts the others, each on
+    // a single-threaded runtime of its own (`server::workers`).
+    let runtime = single_threaded_runtime()?;
+    let workers = match args.workers {
+        Some(0) | None => crate::worker::default_count(),
+        Some(workers) => workers,
+    };
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.listen)
+        let listener = crate::server::bind(args.listen, workers)
             .await
             .map_err(|source| CliError::Bind {
                 what: "proxy",
@@ -241,19 +239,20 @@ fn run(args: RunArgs) -> Result<(), CliError> {
             })?;
         let tls =
             match args.tls_listen {
-                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(
-                    |source| CliError::Bind {
+                Some(addr) => Some(crate::server::bind(addr, workers).await.map_err(|source| {
+                    CliError::Bind {
                         what: "TLS",
                         addr,
                         source,
-                    },
-                )?),
+                    }
+                })?),
                 None => None,
             };
         let config = crate::RunConfig {
             routes_dir: args.routes,
             state_dir: args.state_dir,
             watch: true,
+            workers,
         };
         let listeners = crate::Listeners {
             proxy: listener,
@@ -267,10 +266,7 @@ fn run(args: RunArgs) -> Result<(), CliError> {
 
 fn migrate(args: MigrateArgs) -> Result<(), CliError> {
     use crate::admin::client::{call, migrations_table};
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(CliError::Runtime)?;
+    let runtime = single_threaded_runtime()?;
     let answer = runtime.block_on(async {
         match (args.action.as_str(), &args.route) {
             ("status", None) => call(&args.admin, Method::GET, "/api/migrations").await,
@@ -312,7 +308,9 @@ fn demo(args: DemoArgs) -> Result<(), CliError> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
-    let report = runtime(None)?.block_on(crate::demo::demo(
+    // The demo's backends and traffic share the runtime with the proxy.
+    let runtime = tokio::runtime::Runtime::new().map_err(CliError::Runtime)?;
+    let report = runtime.block_on(crate::demo::demo(
         args.listen,
         args.admin,
         args.state_dir,

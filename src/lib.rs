@@ -15,6 +15,7 @@
 //! - `server`: listeners, connections, graceful shutdown.
 //! - `telemetry`: logging, the access log, and OTLP export of the proxy's server spans.
 //! - `tls`: TLS termination: certificates by SNI, reloaded when their files change.
+//! - `worker`: which worker thread this is, for state kept per worker.
 //! - `cli`: the command line, for `main`.
 //! - `demo`: `strangler demo`: demo backends, routes and traffic around the proxy.
 #![forbid(unsafe_code)]
@@ -35,5 +36,6 @@ pub mod shadow;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+pub mod worker;
 
 pub use server::{run, serve, Listeners, RunConfig, RunError};

@@ -55,6 +55,9 @@ pub struct Families {
     pub connections_open: IntGaugeVec,
     pub connections_parked: IntGaugeVec,
     pub connections: IntCounterVec,
+    /// Accepted connections by worker thread (`--workers`): how evenly the
+    /// kernel spreads them.
+    pub worker_connections: IntCounterVec,
     pub shadow_requests: IntCounterVec,
     pub shadow_field_mismatches: IntCounterVec,
     pub shadow_duration: HistogramVec,
@@ -186,6 +189,7 @@ impl Metrics {
             connections_open: b.gauge("strangler_connections_open", "Client connections open.", &["listener"]),
             connections_parked: b.gauge("strangler_connections_parked", "Idle keep-alive connections parked: open, holding no buffers.", &["listener"]),
             connections: b.counter("strangler_connections_total", "Client connections accepted.", &["listener"]),
+            worker_connections: b.counter("strangler_worker_connections_total", "Client connections accepted, by worker thread.", &["worker"]),
             shadow_requests: b.counter("strangler_shadow_requests_total", "Shadow comparisons, by outcome.", &["route", "outcome"]),
             shadow_field_mismatches: b.counter("strangler_shadow_field_mismatches_total", "Mismatching fields (bounded per route).", &["route", "field"]),
             shadow_duration: b.histogram("strangler_shadow_duration_seconds", "Latency of shadowed answers, primary and candidate.", &["route", "side"], LATENCY_BUCKETS),

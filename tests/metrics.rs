@@ -33,6 +33,7 @@ const GOLDEN: &[(&str, &str, &[&str])] = &[
     ("strangler_connections_parked", "gauge", &["listener"]),
     ("strangler_rejected_requests_total", "counter", &["reason"]),
     ("strangler_connections_total", "counter", &["listener"]),
+    ("strangler_worker_connections_total", "counter", &["worker"]),
     (
         "strangler_fallbacks_total",
         "counter",
@@ -293,6 +294,7 @@ async fn every_family_is_listed_at_start_and_known_series_start_at_zero() {
         "strangler_connections_parked{listener=\"proxy\"} 0",
         "strangler_rejected_requests_total{reason=\"head_timeout\"} 0",
         "strangler_connections_total{listener=\"proxy\"} 0",
+        "strangler_worker_connections_total{worker=\"0\"} 0",
         "strangler_shadow_requests_total{outcome=\"mismatch\",route=\"catalog\"} 0",
         "strangler_gate_decisions_total{decision=\"rollback\",route=\"billing\"} 0",
     ] {

@@ -109,6 +109,7 @@ impl Proxy {
             routes_dir: routes_dir.into(),
             state_dir: state_dir.into(),
             watch: false,
+            workers: 1,
         };
         let task = tokio::spawn(strangler::run(
             listener,

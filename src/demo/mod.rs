@@ -204,6 +204,7 @@ impl Demo {
             routes_dir,
             state_dir: workspace.base.clone(),
             watch: true,
+            workers: 1,
         };
         let (stop_proxy, mut proxy_stopped) = watch::channel(false);
         let shutdown = async move {

@@ -46,11 +46,58 @@ enum Event<E> {
 
 /// A listener and what it needs to serve.
 pub(crate) struct ClientListener {
-    pub tcp: TcpListener,
+    tcp: TcpListener,
+    shared: ListenerShared,
+}
+
+/// What the accept loops of one listening socket share across workers.
+#[derive(Clone)]
+struct ListenerShared {
     /// `Some` for the TLS listener.
-    pub tls: Option<TlsAcceptor>,
+    tls: Option<TlsAcceptor>,
     /// The `listener` label of the connection metrics.
-    pub label: &'static str,
+    label: &'static str,
+    /// Open connections, counted against `max_connections` on all workers.
+    open: Arc<AtomicUsize>,
+    refusals: Arc<Semaphore>,
+}
+
+impl ClientListener {
+    pub(crate) fn new(tcp: TcpListener, tls: Option<TlsAcceptor>, label: &'static str) -> Self {
+        ClientListener {
+            tcp,
+            shared: ListenerShared {
+                tls,
+                label,
+                open: Arc::new(AtomicUsize::new(0)),
+                refusals: Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT)),
+            },
+        }
+    }
+
+    /// This listener for another worker's accept loop (`server::socket`).
+    pub(crate) fn share(&self) -> std::io::Result<SharedListener> {
+        Ok(SharedListener {
+            socket: super::socket::for_another_worker(&self.tcp)?,
+            shared: self.shared.clone(),
+        })
+    }
+}
+
+/// A `ClientListener` on its way to another worker's runtime.
+pub(crate) struct SharedListener {
+    socket: std::net::TcpListener,
+    shared: ListenerShared,
+}
+
+impl SharedListener {
+    /// Registers the socket with the calling thread's runtime.
+    pub(crate) fn attach(self) -> std::io::Result<ClientListener> {
+        Ok(ClientListener {
+            tcp: TcpListener::from_std(self.socket)?,
+            shared: self.shared,
+        })
+    }
 }
 
 /// Accepts until `stop` turns true. Every connection holds a clone of
@@ -62,15 +109,21 @@ pub(crate) async fn serve(
     metrics: Metrics,
     mut stop: watch::Receiver<bool>,
 ) {
+    let ClientListener {
+        tcp,
+        shared: listener,
+    } = listener;
     let open_gauge = metrics
         .connections_open
         .with_label_values(&[listener.label]);
     let accepted = metrics.connections.with_label_values(&[listener.label]);
+    let accepted_here = metrics
+        .worker_connections
+        .with_label_values(&[&crate::worker::current().to_string()]);
     let parked_gauge = metrics
         .connections_parked
         .with_label_values(&[listener.label]);
-    let open = Arc::new(AtomicUsize::new(0));
-    let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
+    let (open, refusals) = (&listener.open, &listener.refusals);
     let mut cached: Option<(ConnLimits, auto::Builder<TokioExecutor>)> = None;
     let proto = if listener.tls.is_some() {
         "https"
@@ -79,7 +132,7 @@ pub(crate) async fn serve(
     };
     loop {
         let (stream, peer) = tokio::select! {
-            result = listener.tcp.accept() => match result {
+            result = tcp.accept() => match result {
                 Ok(pair) => pair,
                 Err(err) => {
                     tracing::warn!(error = %err, "accept failed");
@@ -94,7 +147,7 @@ pub(crate) async fn serve(
         // better than letting every connection slow down.
         if open.load(Ordering::Acquire) >= limits.max_connections {
             tracing::warn!(client = %peer, limit = limits.max_connections, "connection limit reached; refusing");
-            refuse(stream, listener.tls.is_some(), &refusals);
+            refuse(stream, listener.tls.is_some(), refusals);
             continue;
         }
         let builder = match &cached {
@@ -107,7 +160,8 @@ pub(crate) async fn serve(
         };
         let _ = stream.set_nodelay(true);
         accepted.inc();
-        let slot = Slot::take(&open, &open_gauge);
+        accepted_here.inc();
+        let slot = Slot::take(open, &open_gauge);
         let service = ProxyService::new(shared.clone(), ConnInfo::new(peer, proto));
         let connection = Connection {
             builder,

@@ -10,7 +10,9 @@ mod park;
 mod read_ahead;
 mod settings;
 mod sidecar;
+mod socket;
 mod wire;
+mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,6 +27,8 @@ use tokio::sync::watch;
 
 use self::listener::ClientListener;
 pub use self::settings::{ConnLimits, ServerSettings, ShadowSettings, MIN_HEADER_BYTES};
+pub use self::socket::bind;
+use self::workers::Workers;
 use crate::admin::AdminService;
 use crate::config::ConfigErrors;
 use crate::gate::Migrations;
@@ -46,6 +50,9 @@ pub struct RunConfig {
     pub state_dir: PathBuf,
     /// Watch `routes_dir` and reload on change.
     pub watch: bool,
+    /// Threads serving client connections (`--workers`): the caller's
+    /// and `workers - 1` more, each with a runtime of its own.
+    pub workers: usize,
 }
 
 /// The bound sockets the proxy serves.
@@ -71,6 +78,13 @@ pub enum RunError {
     // Boxed: an exporter's error is large and rare.
     #[error("cannot start the span export of `server.tracing`")]
     Tracing(#[source] Box<OtlpError>),
+
+    #[error("cannot start worker thread {index}")]
+    Worker {
+        index: usize,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Serves the proxy on `listener` and the admin API on `admin` until
@@ -166,18 +180,11 @@ pub async fn serve(
     let admin_task = tokio::spawn(serve_admin(admin, admin_service));
 
     let (stop, stopped) = watch::channel(false);
-    let mut listeners = vec![ClientListener {
-        tcp: listener,
-        tls: None,
-        label: PROXY_LISTENER,
-    }];
+    let mut listeners = vec![ClientListener::new(listener, None, PROXY_LISTENER)];
     if let (Some(tcp), Some(acceptor)) = (tls_listener, acceptor) {
-        listeners.push(ClientListener {
-            tcp,
-            tls: Some(acceptor),
-            label: TLS_LISTENER,
-        });
+        listeners.push(ClientListener::new(tcp, Some(acceptor), TLS_LISTENER));
     }
+    let workers = Workers::start(config.workers, &listeners, &shared, &metrics, &stopped)?;
     let accepting: Vec<_> = listeners
         .into_iter()
         .map(|l| {
@@ -203,6 +210,9 @@ pub async fn serve(
         () = stop.closed() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
     }
+    // Their runtimes end with them, closing what is left of their
+    // connections, as the caller's runtime will for the first worker's.
+    workers.finish().await;
     // After the drain, so that the last requests' spans are in the queue.
     if let Some(export) = span_export {
         export.flush().await;

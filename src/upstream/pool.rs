@@ -5,6 +5,11 @@
 //! Ours rather than hyper-util's pool, whose price per request was a
 //! hashed pool key and a task spawned for each answer to hand its
 //! connection back. Here the answer's body hands it back as it ends.
+//!
+//! Each worker thread has a shard of its own, as in nginx (`keepalive` is
+//! per worker process) and Envoy (pools per worker): a connection is
+//! driven by the runtime that opened it, and taken from another thread it
+//! would cost a cross-thread wake-up on every read and write.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -29,8 +34,9 @@ pub struct Pool {
     connector: Connector,
     /// Sent when the request carries no `Host` of its own.
     host: HeaderValue,
-    /// Most recently returned last.
-    idle: Mutex<Vec<Idle>>,
+    /// One per worker (`crate::worker`); in each, most recently returned last.
+    shards: Box<[Shard]>,
+    /// Per shard, so per worker.
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -38,6 +44,19 @@ pub struct Pool {
 struct Idle {
     sender: Sender,
     since: Instant,
+}
+
+/// Aligned to a cache line, so that workers taking and returning their
+/// connections do not contend for their neighbour's line.
+#[repr(align(64))]
+#[derive(Default)]
+struct Shard(Mutex<Vec<Idle>>);
+
+impl Shard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        // The list stays consistent whatever panicked while holding it.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl Pool {
@@ -52,7 +71,9 @@ impl Pool {
         let pool = Arc::new(Pool {
             connector,
             host,
-            idle: Mutex::new(Vec::new()),
+            shards: (0..crate::worker::shard_count())
+                .map(|_| Shard::default())
+                .collect(),
             max_idle,
             idle_timeout,
         });
@@ -92,13 +113,13 @@ impl Pool {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        // The list stays consistent whatever panicked while holding it.
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The calling worker's shard.
+    fn shard(&self) -> &Shard {
+        &self.shards[crate::worker::current() % self.shards.len()]
     }
 
     fn take_idle(&self) -> Option<Sender> {
-        let mut idle = self.lock();
+        let mut idle = self.shard().lock();
         while let Some(entry) = idle.pop() {
             if entry.sender.is_ready() && entry.since.elapsed() < self.idle_timeout {
                 return Some(entry.sender);
@@ -149,7 +170,7 @@ impl Pool {
     }
 
     fn push(&self, sender: Sender) {
-        let mut idle = self.lock();
+        let mut idle = self.shard().lock();
         if idle.len() < self.max_idle {
             idle.push(Idle {
                 sender,
@@ -168,16 +189,18 @@ async fn sweep(pool: Weak<Pool>, idle_timeout: Duration) {
         let Some(pool) = pool.upgrade() else {
             return;
         };
-        let expired: Vec<Idle> = {
-            let mut idle = pool.lock();
-            let (keep, expired) = std::mem::take(&mut *idle).into_iter().partition(|entry| {
-                entry.since.elapsed() < idle_timeout && !entry.sender.is_closed()
-            });
-            *idle = keep;
-            expired
-        };
-        // Dropped outside the lock: each wakes its connection to close.
-        drop(expired);
+        for shard in pool.shards.iter() {
+            let expired: Vec<Idle> = {
+                let mut idle = shard.lock();
+                let (keep, expired) = std::mem::take(&mut *idle).into_iter().partition(|entry| {
+                    entry.since.elapsed() < idle_timeout && !entry.sender.is_closed()
+                });
+                *idle = keep;
+                expired
+            };
+            // Dropped outside the lock: each wakes its connection to close.
+            drop(expired);
+        }
     }
 }
 

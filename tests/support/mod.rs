@@ -654,6 +654,12 @@ impl TestProxy {
     /// Writes `routes_yaml` as `routes/routes.yaml` and starts the proxy on it.
     /// Fails the test if the proxy refuses the file.
     pub async fn start(routes_yaml: &str) -> TestProxy {
+        TestProxy::start_with_workers(routes_yaml, 1).await
+    }
+
+    /// `start` with `workers` worker threads, all accepting on one socket
+    /// (bound without `SO_REUSEPORT`, as a library caller may give it).
+    pub async fn start_with_workers(routes_yaml: &str, workers: usize) -> TestProxy {
         let dir = tempfile::tempdir().expect("temporary directory");
         let routes_dir = dir.path().join("routes");
         std::fs::create_dir(&routes_dir).expect("create routes/");
@@ -671,6 +677,7 @@ impl TestProxy {
             routes_dir: routes_dir.clone(),
             state_dir: dir.path().join("state"),
             watch: false,
+            workers,
         };
         // The shutdown future resolves on `shutdown()` or when the handle drops.
         let mut task = tokio::spawn(strangler::run(listener, admin, config, async move {

@@ -185,6 +185,7 @@ impl ReloadingProxy {
             routes_dir: routes.path(),
             state_dir: routes.root().join("state"),
             watch,
+            workers: 1,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         // The shutdown future resolves when the handle (the sender) drops.

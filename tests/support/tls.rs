@@ -170,6 +170,7 @@ impl TlsProxy {
             routes_dir: routes_dir.to_path_buf(),
             state_dir,
             watch: false,
+            workers: 1,
         };
         let listeners = strangler::Listeners {
             proxy,
