@@ -92,7 +92,7 @@ pub struct RunArgs {
         default_value = "state"
     )]
     pub state_dir: PathBuf,
-    /// Worker threads, each serving the connections it accepts; default: one per core.
+    /// Worker threads, each serving the connections it accepts (0 or unset: one per core).
     #[arg(long, env = "STRANGLER_WORKERS")]
     pub workers: Option<usize>,
     #[arg(

@@ -110,6 +110,9 @@ pub fn json_error(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    headers.insert(super::headers::X_REQUEST_ID.clone(), request_id.clone());
+    headers.insert(
+        super::headers::X_REQUEST_ID.clone(),
+        super::headers::answer_request_id(request_id),
+    );
     response
 }

@@ -268,9 +268,10 @@ fn upstream_response(
         parts.headers.append(header::VIA, via.clone());
     }
     route.response_headers.apply(&mut parts.headers);
-    parts
-        .headers
-        .insert(&headers::X_REQUEST_ID, ctx.request_id.clone());
+    parts.headers.insert(
+        &headers::X_REQUEST_ID,
+        headers::answer_request_id(&ctx.request_id),
+    );
     Response::from_parts(parts, boxed(IdleTimeoutBody::new(body, idle)))
 }
 
