@@ -51,13 +51,13 @@ pin_project_lite::pin_project! {
     pub struct IdleTimeoutBody<B> {
         #[pin]
         inner: B,
-        #[pin]
-        timer: Sleep,
+        // Made only when the stream first has to wait: most answers are
+        // all there at once, and a timer made for each cost a clock read
+        // and a runtime handle per request.
+        timer: Option<Pin<Box<Sleep>>>,
         idle: Duration,
-        // Whether `timer` runs from the start of the current wait. It is
-        // armed only when the stream has to wait: resetting it on every
-        // frame registered a timer for every response, even one whose
-        // body was all there at once.
+        // Whether `timer` runs from the start of the current wait: it is
+        // reset when a wait begins, not on every frame.
         is_armed: bool,
     }
 }
@@ -66,7 +66,7 @@ impl<B> IdleTimeoutBody<B> {
     pub fn new(inner: B, idle: Duration) -> Self {
         IdleTimeoutBody {
             inner,
-            timer: tokio::time::sleep(idle),
+            timer: None,
             idle,
             is_armed: false,
         }
@@ -85,19 +85,25 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
+        let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
                 *this.is_armed = false;
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
-                if !*this.is_armed {
-                    this.timer.as_mut().reset(Instant::now() + *this.idle);
-                    *this.is_armed = true;
-                }
-                ready!(this.timer.poll(cx));
-                Poll::Ready(Some(Err(Box::new(IdleTimeout(*this.idle)))))
+                let idle = *this.idle;
+                let timer = match this.timer {
+                    Some(timer) if *this.is_armed => timer,
+                    Some(timer) => {
+                        timer.as_mut().reset(Instant::now() + idle);
+                        timer
+                    }
+                    None => this.timer.insert(Box::pin(tokio::time::sleep(idle))),
+                };
+                *this.is_armed = true;
+                ready!(timer.as_mut().poll(cx));
+                Poll::Ready(Some(Err(Box::new(IdleTimeout(idle)))))
             }
         }
     }
@@ -240,5 +246,68 @@ impl Body for ReclaimableBody {
             .ok()
             .and_then(|s| s.body.as_ref().map(|b| b.size_hint()))
             .unwrap_or_else(|| SizeHint::with_exact(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body fed by a channel: frames arrive when the test sends them.
+    struct Fed(tokio::sync::mpsc::Receiver<Bytes>);
+
+    impl Body for Fed {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.0
+                .poll_recv(cx)
+                .map(|data| data.map(|d| Ok(Frame::data(d))))
+        }
+    }
+
+    const IDLE: Duration = Duration::from_secs(10);
+
+    // Paused time: the runtime moves the clock to the next timer whenever
+    // every task waits, so these run at once and in a fixed order.
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_stalls_after_a_frame_fails_after_idle() {
+        let (feed, rx) = tokio::sync::mpsc::channel(1);
+        let mut body = std::pin::pin!(IdleTimeoutBody::new(Fed(rx), IDLE));
+        feed.send(Bytes::from_static(b"first")).await.expect("send");
+        let first = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(first.into_data().ok(), Some(Bytes::from_static(b"first")));
+        let started = Instant::now();
+        // Bounded: without its timer the body would wait for ever.
+        let stalled = tokio::time::timeout(IDLE * 10, body.frame())
+            .await
+            .expect("the idle timer fires")
+            .expect("an outcome");
+        let err = stalled.expect_err("a stalled stream fails");
+        assert!(err.downcast_ref::<IdleTimeout>().is_some(), "{err}");
+        assert!(started.elapsed() >= IDLE, "not before `idle`");
+        drop(feed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_each_within_idle_never_time_out_however_long_the_stream() {
+        let (feed, rx) = tokio::sync::mpsc::channel(1);
+        let feeder = tokio::spawn(async move {
+            for _ in 0..5 {
+                tokio::time::sleep(IDLE * 6 / 10).await;
+                feed.send(Bytes::from_static(b"x")).await.expect("send");
+            }
+        });
+        let body = IdleTimeoutBody::new(Fed(rx), IDLE);
+        let started = Instant::now();
+        let collected = body.collect().await.expect("no timeout").to_bytes();
+        assert_eq!(collected, Bytes::from_static(b"xxxxx"));
+        assert!(started.elapsed() > IDLE * 2, "the stream outlasted `idle`");
+        feeder.await.expect("the feeder ends");
     }
 }
