@@ -28,7 +28,7 @@ use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
 use crate::metrics::Metrics;
-use crate::routing::{BackendId, RequestView, Route, Snapshot, DEFAULT_ROUTE};
+use crate::routing::{BackendId, Decision, RequestView, Route, Snapshot, DEFAULT_ROUTE};
 use crate::shadow::Mirror;
 use crate::telemetry::access::{self, AccessLine};
 use crate::telemetry::{PendingSpan, Spans};
@@ -138,36 +138,86 @@ async fn handle(
         Some(spans) => PendingSpan::start(spans, &ctx, &req).map(Box::new),
         None => None,
     };
-    let (response, route) = respond(shared, &snapshot, &ctx, req).await;
-    Ok(match span {
+    // The routing is a plain function and `forward` is awaited here: an
+    // `async fn` between the two would be one more copy of the request's
+    // whole state (kilobytes) per request. Taken apart before the await, so
+    // that no part is kept twice across it.
+    let Admitted {
+        req,
+        path,
+        host,
+        decision,
+        must_close,
+    } = match admit(shared, &snapshot, &ctx, req) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return Ok(finish_span(span, refusal, None, &ctx, &snapshot)),
+    };
+    let version = req.version();
+    let mut response =
+        forward::forward(&shared.mirror, &snapshot, &decision, req, &path, host, &ctx).await;
+    if must_close && response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        response = close_after(response, version);
+    }
+    Ok(finish_span(
+        span,
+        response,
+        Some(decision.route),
+        &ctx,
+        &snapshot,
+    ))
+}
+
+/// Ends the request's server span, when it has one.
+fn finish_span(
+    span: Option<Box<PendingSpan>>,
+    response: Response<ProxyBody>,
+    route: Option<&Route>,
+    ctx: &RequestCtx,
+    snapshot: &Snapshot,
+) -> Response<ProxyBody> {
+    match span {
         Some(span) => {
             let backend = ctx.backend.get().map(|id| &*snapshot.backend(*id).name);
             span.finish(response, route.map(|r| &*r.name), backend)
         }
         None => response,
-    })
+    }
 }
 
-/// Refuses the request, or routes and forwards it; also says which route
-/// took it.
-async fn respond<'s>(
+/// A request that passed the proxy's checks, and its route.
+struct Admitted<'s> {
+    req: Request<Incoming>,
+    /// Normalised.
+    path: String,
+    host: Option<HeaderValue>,
+    decision: Decision<'s>,
+    /// The client asked to close after this exchange.
+    must_close: bool,
+}
+
+/// Checks the request's framing, path and host, and selects its route; or
+/// answers the refusal.
+// The refusal is returned as it is: boxing it would cost an allocation for
+// every refused request, and this is called once per request.
+#[allow(clippy::result_large_err)]
+fn admit<'s>(
     shared: &Shared,
     snapshot: &'s Snapshot,
     ctx: &RequestCtx,
     req: Request<Incoming>,
-) -> (Response<ProxyBody>, Option<&'s Route>) {
+) -> Result<Admitted<'s>, Response<ProxyBody>> {
     if let Err(err) = framing::check(&req, &snapshot.server.limits) {
-        return (
-            close_after(reject(shared, err.into(), ctx, &req), req.version()),
-            None,
-        );
+        return Err(close_after(
+            reject(shared, err.into(), ctx, &req),
+            req.version(),
+        ));
     }
     let path = match path::normalize(req.uri().path()) {
         Ok(path) => path.into_owned(),
-        Err(err) => return (reject(shared, ProxyError::BadPath(err), ctx, &req), None),
+        Err(err) => return Err(reject(shared, ProxyError::BadPath(err), ctx, &req)),
     };
     let Ok(host) = request_host(&req) else {
-        return (reject(shared, ProxyError::BadHost, ctx, &req), None);
+        return Err(reject(shared, ProxyError::BadHost, ctx, &req));
     };
     let decision = snapshot.select(&RequestView {
         method: req.method(),
@@ -180,13 +230,14 @@ async fn respond<'s>(
         headers: req.headers(),
         client_ip: ctx.client.ip,
     });
-    let (version, must_close) = (req.version(), framing::must_close_after(req.headers()));
-    let response =
-        forward::forward(&shared.mirror, snapshot, &decision, req, &path, host, ctx).await;
-    if must_close && response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-        return (close_after(response, version), Some(decision.route));
-    }
-    (response, Some(decision.route))
+    let must_close = framing::must_close_after(req.headers());
+    Ok(Admitted {
+        req,
+        path,
+        host,
+        decision,
+        must_close,
+    })
 }
 
 /// Asks hyper to close an HTTP/1 connection once `response` is sent.
