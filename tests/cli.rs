@@ -1,13 +1,15 @@
 //! The `strangler` binary: `check` and `explain` output, and `run`
 //! refusing a bad directory and draining on SIGTERM.
 
+#[path = "support/binary.rs"]
+mod binary;
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Output;
 
+use binary::{serving_addresses, spawn_run};
 use support::{eventually, routes_file, Behaviour, FakeBackend, HttpClient, PATIENCE};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_strangler");
 
@@ -387,7 +389,6 @@ async fn run_drains_an_in_flight_request_on_sigterm() {
     let routes = dir.routes();
     let state = dir.dir.path().join("state");
     let args = [
-        "run",
         "--routes",
         routes.to_str().unwrap(),
         "--listen",
@@ -396,39 +397,9 @@ async fn run_drains_an_in_flight_request_on_sigterm() {
         "127.0.0.1:0",
         "--state-dir",
         state.to_str().unwrap(),
-        "--log-format",
-        "json",
     ];
-    let mut child = tokio::process::Command::new(BIN)
-        .args(args)
-        .current_dir(dir.dir.path())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start strangler run");
-    let mut logs = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
-    let find_listen = async {
-        while let Some(line) = logs.next_line().await.expect("read the log") {
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if event["message"] == "strangler is serving" {
-                return event["listen"]
-                    .as_str()
-                    .expect("listen address")
-                    .parse::<std::net::SocketAddr>()
-                    .expect("an address");
-            }
-        }
-        panic!("strangler exited before serving");
-    };
-    let addr = tokio::time::timeout(PATIENCE, find_listen)
-        .await
-        .expect("strangler starts serving");
-    // Keep reading the log so that the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
+    let mut child = spawn_run(&args, dir.dir.path());
+    let (addr, _) = serving_addresses(&mut child).await;
 
     let client = HttpClient::http1(addr);
     let in_flight = tokio::spawn(async move { client.get("/slow").await });

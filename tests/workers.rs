@@ -2,13 +2,15 @@
 //! (`SO_REUSEPORT`) and serving its connections to the end, drained
 //! together on SIGTERM; and the limits they share.
 
+#[path = "support/binary.rs"]
+mod binary;
 mod support;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 
+use binary::{serving_addresses, spawn_run};
 use support::{eventually, routes_file, Behaviour, FakeBackend, HttpClient, TestProxy, PATIENCE};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
@@ -31,44 +33,17 @@ async fn run(routes: &str, workers: &str, listen: &str) -> Running {
     let routes_dir = dir.path().join("routes");
     std::fs::create_dir(&routes_dir).expect("create routes/");
     std::fs::write(routes_dir.join("routes.yaml"), routes).expect("write routes.yaml");
-    let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "--routes",
-            routes_dir.to_str().expect("a UTF-8 path"),
-        ])
-        .args(["--listen", listen, "--admin", "127.0.0.1:0"])
-        .args(["--workers", workers, "--log-format", "json"])
-        .current_dir(dir.path())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start strangler run");
-    let mut logs = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
-    let serving = async {
-        while let Some(line) = logs.next_line().await.expect("read the log") {
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if event["message"] == "strangler is serving" {
-                let addr = |key: &str| {
-                    event[key]
-                        .as_str()
-                        .and_then(|text| text.parse::<SocketAddr>().ok())
-                        .unwrap_or_else(|| panic!("no {key} address in {line}"))
-                };
-                return (addr("listen"), addr("admin"));
-            }
-        }
-        panic!("strangler exited before serving");
-    };
-    let (addr, admin) = tokio::time::timeout(PATIENCE, serving)
-        .await
-        .expect("strangler starts serving");
-    // Keep reading the log so that the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
+    let routes_arg = routes_dir.to_str().expect("a UTF-8 path");
+    let args = [
+        "--routes",
+        routes_arg,
+        "--listen",
+        listen,
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    let mut child = spawn_run(&[&args[..], &["--workers", workers]].concat(), dir.path());
+    let (addr, admin) = serving_addresses(&mut child).await;
     Running {
         child,
         addr,
@@ -218,33 +193,27 @@ async fn the_connection_limit_counts_the_connections_of_every_worker() {
             == 4.0
     })
     .await;
-    let mut refused = TcpStream::connect(proxy.addr).await.expect("connect");
-    refused
-        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .expect("send a request");
-    let mut answer = Vec::new();
-    tokio::time::timeout(PATIENCE, refused.read_to_end(&mut answer))
-        .await
-        .expect("the refused connection is closed")
-        .expect("read the refusal");
-    let answer = String::from_utf8_lossy(&answer);
+    let refused = TcpStream::connect(proxy.addr).await.expect("connect");
+    let answer = exchange(refused, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("too_many_connections"), "{answer}");
 
     // The open ones are served, whichever worker has them.
-    for mut stream in open {
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("send a request");
-        let mut answer = Vec::new();
-        tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
-            .await
-            .expect("an answer")
-            .expect("read the answer");
-        let answer = String::from_utf8_lossy(&answer);
+    for stream in open {
+        let request = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+        let answer = exchange(stream, request).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.ends_with("monolith"), "{answer}");
     }
+}
+
+/// Writes `request` and reads until the proxy closes the connection.
+async fn exchange(mut stream: TcpStream, request: &[u8]) -> String {
+    stream.write_all(request).await.expect("send a request");
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
+        .await
+        .expect("the proxy answers and closes")
+        .expect("read the answer");
+    String::from_utf8_lossy(&answer).into_owned()
 }
