@@ -52,10 +52,12 @@ CONTRACT = {
     "strangler_rejected_requests_total",
     # Added with the backend connection pool.
     "strangler_upstream_connections_total",
+    # Added with one runtime and listening socket per worker.
+    "strangler_worker_connections_total",
 } | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 LABELS = {"route", "backend", "method", "code", "kind", "from", "to", "listener", "outcome",
           "field", "side", "decision", "result", "version", "le", "instance", "job",
-          "alertname", "alertstate", "reason"}
+          "alertname", "alertstate", "reason", "worker"}
 SEVERITIES = {"page", "ticket"}
 DEFAULT_VARS = {"route": ".*", "monolith": "monolith", "__rate_interval": "1m",
                 "__interval": "1m", "__range": "1h", "__range_s": "3600"}
