@@ -4,11 +4,14 @@
 //! one shard per worker, found by this index.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-/// Shards are sized once, for the machine; past this many workers, shards
-/// are shared (correct, only slower).
+/// Past this many workers, workers share shards (correct, only slower).
 const MAX_SHARDS: usize = 64;
+
+/// The most workers any proxy in this process was started with.
+static EXPECTED: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     static INDEX: Cell<usize> = const { Cell::new(0) };
@@ -25,14 +28,41 @@ pub(crate) fn set_current(index: usize) {
     INDEX.with(|cell| cell.set(index));
 }
 
-/// How many shards per-worker state keeps: one per core, as the default
-/// worker count is.
+/// How many shards per-worker state made from now on keeps: one per core,
+/// or per worker when more were asked for (`expect_workers`).
 pub fn shard_count() -> usize {
-    static COUNT: OnceLock<usize> = OnceLock::new();
-    *COUNT.get_or_init(|| default_count().min(MAX_SHARDS))
+    EXPECTED
+        .load(Ordering::Relaxed)
+        .max(default_count())
+        .min(MAX_SHARDS)
 }
 
-/// The default number of workers: one per core.
+/// Tells per-worker state made after this call that `workers` workers may
+/// use it (pools are built before the workers start).
+pub(crate) fn expect_workers(workers: usize) {
+    EXPECTED.fetch_max(workers, Ordering::Relaxed);
+}
+
+/// The default number of workers: one per core (as the process's CPU
+/// quota allows). Read once: it reads cgroup files.
 pub fn default_count() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_cover_the_workers_asked_for_up_to_the_cap() {
+        assert!(shard_count() >= default_count());
+        expect_workers(3);
+        assert!(shard_count() >= 3);
+        expect_workers(10_000);
+        assert_eq!(shard_count(), MAX_SHARDS);
+        // Fewer workers later never shrink what others were promised.
+        expect_workers(1);
+        assert_eq!(shard_count(), MAX_SHARDS);
+    }
 }

@@ -119,6 +119,8 @@ pub async fn serve(
         tls: tls_listener,
         admin,
     } = listeners;
+    // Before the route table, whose backend pools keep a shard per worker.
+    crate::worker::expect_workers(config.workers);
     let metrics = Metrics::new();
     let migrations = Arc::new(Migrations::new(
         metrics.clone(),
