@@ -49,3 +49,30 @@ fn reuse_port_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket.listen(BACKLOG)?;
     Ok(socket.into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn workers_get_sibling_sockets_and_a_taken_address_still_fails() {
+        let loopback: SocketAddr = "127.0.0.1:0".parse().expect("an address");
+        let first = bind(loopback, 2).await.expect("bind a free port");
+        let addr = first.local_addr().expect("bound");
+        let sibling = for_another_worker(&first).expect("a sibling");
+        assert_eq!(sibling.local_addr().expect("bound"), addr);
+        assert!(SockRef::from(&sibling).reuse_port().expect("getsockopt"));
+
+        let taken = bind(addr, 2).await.expect_err("the address is taken");
+        assert_eq!(taken.kind(), io::ErrorKind::AddrInUse);
+
+        // Bound without SO_REUSEPORT: the workers share the socket itself.
+        let plain = TcpListener::bind(loopback).await.expect("bind");
+        let shared = for_another_worker(&plain).expect("the same socket");
+        assert_eq!(
+            shared.local_addr().expect("bound"),
+            plain.local_addr().expect("bound")
+        );
+        assert!(!SockRef::from(&shared).reuse_port().expect("getsockopt"));
+    }
+}
