@@ -21,6 +21,11 @@ import sys
 # --------------------------------------------------------------------------
 # slow candidate
 
+CANDIDATES = {
+    "nginx": "nginx, 1 worker, echo module's `echo_sleep`",
+    "python": "Python asyncio (`helpers.py slow-server`)",
+}
+
 
 class SlowHttp(asyncio.Protocol):
     """Answers each request with 200 "ok" after a fixed delay (keep-alive)."""
@@ -259,7 +264,7 @@ def report(raw_path, rss_path, meta_path, results_path):
     w(f"- command: `{meta['command']}`")
     w(f"- wrk `-t1 -c{meta['conns']}` (upload `-c{meta['upload_conns']}`), h2load `-t1 -c{meta['h2_conns']} "
       f"-m{meta['h2_streams']}`; upstream: nginx, 1 worker, `return 200 \"ok\"` and a 64 KB file; "
-      f"slow candidate: Python asyncio, +{meta['shadow_delay_ms']} ms per answer, "
+      f"slow candidate: {CANDIDATES[meta.get('candidate', 'python')]}, +{meta['shadow_delay_ms']} ms per answer, "
       f"nice {meta.get('candidate_nice', 0)}")
     if meta.get("rate"):
         w(f"- constant rate: oha `-q {meta['rate']} -c{meta['conns']} --latency-correction` "

@@ -23,6 +23,8 @@ H2_STREAMS=10
 RATE=4000
 SHADOW_DELAY_MS=10
 CANDIDATE_NICE=10
+ECHO_MODULE=/usr/lib/nginx/modules/ngx_http_echo_module.so
+CANDIDATE=""
 IDLE_CONNS=10000
 PORT_BASE=27100
 BIN=""
@@ -41,6 +43,8 @@ usage: $0 [options]
   -c, --connections C    wrk/oha connections (default $CONNS)
   -q, --rate QPS         constant rate of the oha scenarios (default $RATE)
       --shadow-delay MS  delay of the slow shadow candidate (default $SHADOW_DELAY_MS)
+      --candidate KIND   the slow candidate: nginx (with the echo module's echo_sleep; the
+                         default when $ECHO_MODULE exists) or python (helpers.py)
       --candidate-nice N nice value of the slow candidate (default $CANDIDATE_NICE; 0: as the proxies)
       --idle N           idle keep-alive connections for the RSS test (default $IDLE_CONNS; 0 skips)
       --only LIST        comma-separated scenarios: get,64k,close,upload,routes1k,h2,logs,shadow,rate-get,rate-shadow
@@ -62,6 +66,7 @@ while [ $# -gt 0 ]; do
     -c|--connections) CONNS=$2; shift 2 ;;
     -q|--rate) RATE=$2; shift 2 ;;
     --shadow-delay) SHADOW_DELAY_MS=$2; shift 2 ;;
+    --candidate) CANDIDATE=$2; shift 2 ;;
     --candidate-nice) CANDIDATE_NICE=$2; shift 2 ;;
     --idle) IDLE_CONNS=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
@@ -91,6 +96,17 @@ fi
 for tool in wrk nginx haproxy python3 curl; do
   command -v "$tool" >/dev/null || die "$tool is missing (Debian: apt-get install nginx haproxy wrk python3 curl)"
 done
+if [ -z "$CANDIDATE" ]; then
+  if [ -f "$ECHO_MODULE" ]; then CANDIDATE=nginx; else
+    CANDIDATE=python
+    log "nginx echo module not found (Debian: libnginx-mod-http-echo): the slow candidate is Python, which takes 2-3x the CPU per answer"
+  fi
+fi
+case "$CANDIDATE" in
+  nginx) [ -f "$ECHO_MODULE" ] || die "--candidate nginx needs $ECHO_MODULE (Debian: apt-get install libnginx-mod-http-echo)" ;;
+  python) ;;
+  *) die "--candidate is nginx or python, not $CANDIDATE" ;;
+esac
 HAVE_H2LOAD=0; command -v h2load >/dev/null && HAVE_H2LOAD=1
 HAVE_OHA=0; command -v oha >/dev/null && HAVE_OHA=1
 [ $HAVE_H2LOAD = 1 ] || log "h2load not found (Debian: nghttp2-client): HTTP/2 scenario skipped"
@@ -362,7 +378,35 @@ start upstream nginx -c "$TMP/up/nginx.conf" -p "$TMP/up" -g 'daemon off;'
 # cores it runs at a lower priority, for strangler and nginx alike, so that
 # the shadow figures weigh each proxy's own cost of mirroring, not the cost
 # of running a Python server beside it.
-start slow nice -n "$CANDIDATE_NICE" python3 "$HERE/helpers.py" slow-server "$SLOW" "$SHADOW_DELAY_MS"
+if [ "$CANDIDATE" = nginx ]; then
+  mkdir -p "$TMP/slow"
+  cat >"$TMP/slow/nginx.conf" <<EOF
+load_module $ECHO_MODULE;
+user root;
+pid $TMP/slow/nginx.pid;
+error_log $TMP/slow/error.log warn;
+worker_processes 1;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 75s;
+    client_body_temp_path $TMP/slow/body;
+    proxy_temp_path $TMP/slow/proxy;
+    fastcgi_temp_path $TMP/slow/fastcgi;
+    uwsgi_temp_path $TMP/slow/uwsgi;
+    scgi_temp_path $TMP/slow/scgi;
+    server {
+        listen 127.0.0.1:$SLOW backlog=4096;
+        location / { echo_sleep $(awk -v ms="$SHADOW_DELAY_MS" 'BEGIN { printf "%.3f", ms / 1000 }'); echo -n ok; }
+    }
+}
+EOF
+  nginx -t -q -c "$TMP/slow/nginx.conf" -p "$TMP/slow" 2>"$TMP/slow/t.err" || { cat "$TMP/slow/t.err" >&2; die "slow candidate nginx config"; }
+  start slow nice -n "$CANDIDATE_NICE" nginx -c "$TMP/slow/nginx.conf" -p "$TMP/slow" -g 'daemon off;'
+else
+  start slow nice -n "$CANDIDATE_NICE" python3 "$HERE/helpers.py" slow-server "$SLOW" "$SHADOW_DELAY_MS"
+fi
 start nginx nginx -c "$TMP/px/nginx.conf" -p "$TMP/px" -g 'daemon off;'
 start haproxy haproxy -db -f "$TMP/haproxy.cfg"
 start_strangler() { # NAME ROUTES PORT RUST_LOG [BINARY]
@@ -654,7 +698,7 @@ json.dump({
     "nproc": "$(nproc)", "kernel": "$(uname -r)", "cpu": cpu, "mem": "memory " + mem,
     "load_before": "$LOAD_BEFORE", "load_after": "$LOAD_AFTER", "commit": "$COMMIT",
     "tools": """$tools""", "command": """$COMMAND""", "conns": $CONNS, "upload_conns": $UPLOAD_CONNS,
-    "h2_conns": $H2_CONNS, "h2_streams": $H2_STREAMS, "shadow_delay_ms": $SHADOW_DELAY_MS, "candidate_nice": $CANDIDATE_NICE,
+    "h2_conns": $H2_CONNS, "h2_streams": $H2_STREAMS, "shadow_delay_ms": $SHADOW_DELAY_MS, "candidate_nice": $CANDIDATE_NICE, "candidate": "$CANDIDATE",
     "shadow_outcomes": "$SHADOW_OUTCOMES",
     "rate": $([ $HAVE_OHA = 1 ] && echo "$RATE" || echo None),
     "baseline": """$BASELINE""",
