@@ -10,6 +10,12 @@ use std::sync::OnceLock;
 /// Past this many workers, workers share shards (correct, only slower).
 const MAX_SHARDS: usize = 64;
 
+/// The index of threads that serve no client (the shadow thread). They
+/// keep a shard of their own: a backend connection is driven by the
+/// runtime that opened it, and a lock taken at low CPU priority must not
+/// be one a worker waits for.
+pub(crate) const BACKGROUND: usize = usize::MAX;
+
 /// The most workers any proxy in this process was started with.
 static EXPECTED: AtomicUsize = AtomicUsize::new(0);
 
@@ -26,6 +32,15 @@ pub fn current() -> usize {
 /// Marks the calling thread as worker `index`.
 pub(crate) fn set_current(index: usize) {
     INDEX.with(|cell| cell.set(index));
+}
+
+/// Which of `shards` (made with `shard_count() + 1`) this thread uses:
+/// its worker's, or the last one for a background thread.
+pub fn shard_index(shards: usize) -> usize {
+    match current() {
+        BACKGROUND => shards.saturating_sub(1),
+        worker => worker % shards.saturating_sub(1).max(1),
+    }
 }
 
 /// How many shards per-worker state made from now on keeps: one per core,
@@ -64,5 +79,22 @@ mod tests {
         // Fewer workers later never shrink what others were promised.
         expect_workers(1);
         assert_eq!(shard_count(), MAX_SHARDS);
+    }
+
+    #[test]
+    fn background_threads_keep_the_last_shard_to_themselves() {
+        // 3 shards: workers 0 and 1, then the background one.
+        assert_eq!(shard_index(3), 0);
+        let shards = std::thread::spawn(|| {
+            set_current(1);
+            let worker = shard_index(3);
+            set_current(2);
+            let wrapped = shard_index(3);
+            set_current(BACKGROUND);
+            (worker, wrapped, shard_index(3))
+        })
+        .join()
+        .unwrap();
+        assert_eq!(shards, (1, 0, 2));
     }
 }

@@ -235,7 +235,9 @@ default: monolith
     let out = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
     assert!(
-        out.contains("`nice: 25` is out of range; use 0 (as the client path) to 19 (lowest)"),
+        out.contains(
+            "`nice: 25` is out of range; use `idle`, or 0 (as the client path) to 19 (lowest)"
+        ),
         "{out}"
     );
 }

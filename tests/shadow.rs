@@ -355,17 +355,41 @@ async fn the_shadow_thread_runs_at_the_configured_lower_priority() {
     // A compared job means the thread has started (and set its priority).
     wait_for_outcome(&proxy, "match", 1.0).await;
 
-    let nices = shadow_thread_nices();
+    let threads = shadow_threads();
     assert!(
-        nices.contains(&7),
-        "nice values of shadow-mirror threads: {nices:?}"
+        threads.contains(&(7, SCHED_OTHER)),
+        "(nice, policy) of shadow-mirror threads: {threads:?}"
     );
 }
 
-/// The nice value of every thread of this process named `shadow-mirror`
-/// (other tests here run their own, at the default).
+/// By default the shadow thread runs under `SCHED_IDLE`: only on CPU that
+/// nothing else wants.
 #[cfg(target_os = "linux")]
-fn shadow_thread_nices() -> Vec<i64> {
+#[tokio::test]
+async fn the_shadow_thread_runs_on_idle_cpu_only_by_default() {
+    let monolith = FakeBackend::with_headers(Behaviour::Fixed("{\"a\":1}"), &[JSON]).await;
+    let candidate = FakeBackend::with_headers(Behaviour::Fixed("{\"a\":1}"), &[JSON]).await;
+    let proxy = TestProxy::start(&shadow_routes(&monolith.url(), &candidate.url(), "")).await;
+    assert_eq!(proxy.get("/api/catalog/1").await.status, StatusCode::OK);
+    wait_for_outcome(&proxy, "match", 1.0).await;
+
+    let threads = shadow_threads();
+    assert!(
+        threads.iter().any(|&(_, policy)| policy == SCHED_IDLE),
+        "(nice, policy) of shadow-mirror threads: {threads:?}"
+    );
+}
+
+/// Linux scheduling policies, as `/proc/*/stat` shows them.
+#[cfg(target_os = "linux")]
+const SCHED_OTHER: i64 = 0;
+#[cfg(target_os = "linux")]
+const SCHED_IDLE: i64 = 5;
+
+/// The nice value and scheduling policy of every thread of this process
+/// named `shadow-mirror` (other tests here run their own).
+#[cfg(target_os = "linux")]
+fn shadow_threads() -> Vec<(i64, i64)> {
     let tasks = std::fs::read_dir("/proc/self/task").expect("list this process's threads");
     tasks
         .filter_map(|task| {
@@ -376,9 +400,11 @@ fn shadow_thread_nices() -> Vec<i64> {
             }
             let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
             // Fields after the parenthesised name, which may hold spaces;
-            // `nice` is field 19, the 17th after the name.
+            // `nice` is field 19 and `policy` field 41 (the 17th and 39th
+            // after the name).
             let after_name = &stat[stat.rfind(')')? + 2..];
-            after_name.split(' ').nth(16)?.parse().ok()
+            let fields: Vec<&str> = after_name.split(' ').collect();
+            Some((fields.get(16)?.parse().ok()?, fields.get(38)?.parse().ok()?))
         })
         .collect()
 }

@@ -12,6 +12,7 @@ use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use super::values::{ByteSize, DurationSpec, Percent};
+use crate::server::ShadowNice;
 
 /// One `routes/*.yaml` file. Files are merged: backends and routes add up,
 /// `default` and `server` may each appear in one file only.
@@ -147,8 +148,8 @@ pub struct ShadowPipelineSpec {
     /// Appends every mismatch as one JSON line to this file.
     pub diff_log: Option<String>,
     /// How much lower the shadow thread's CPU priority is than the client
-    /// path's (Linux nice, 0 to 19; default 10).
-    pub nice: Option<u8>,
+    /// path's (Linux): `idle` (the default) or a nice value, 0 to 19.
+    pub nice: Option<ShadowNice>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]

@@ -68,14 +68,6 @@ pub(crate) fn compile_server(
             ));
         }
         let nice = shadow.nice.unwrap_or(defaults.nice);
-        if nice > 19 {
-            errors.push(file.error_at(
-                "server.shadow.nice",
-                format!(
-                    "`nice: {nice}` is out of range; use 0 (as the client path) to 19 (lowest)"
-                ),
-            ));
-        }
         let diff_log = shadow.diff_log.as_ref().map(|path| {
             let path = std::path::Path::new(path);
             match (path.is_relative(), file.path.parent()) {
@@ -87,7 +79,7 @@ pub(crate) fn compile_server(
             queue: queue.max(1),
             concurrency: concurrency.max(1),
             diff_log,
-            nice: nice.min(19),
+            nice,
         };
     }
     if let Some(grace) = spec.shutdown_grace {

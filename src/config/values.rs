@@ -1,4 +1,5 @@
-//! Scalar value types of route files: durations, percentages, byte sizes.
+//! Scalar value types of route files: durations, percentages, byte sizes,
+//! the shadow thread's CPU priority.
 //!
 //! Each accepts the spelling a person writes (`2s`, `5%`, `1MiB`) and the
 //! plain number a generator writes, and rejects anything else at parse time.
@@ -11,6 +12,8 @@ use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+
+use crate::server::ShadowNice;
 
 /// A duration written as `250ms`, `2s`, `5m` (or a number of seconds).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -141,6 +144,30 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// `idle`, or a nice value from 0 to 19.
+fn parse_nice(text: &str) -> Result<ShadowNice, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("idle") {
+        return Ok(ShadowNice::Idle);
+    }
+    match text.parse::<u8>() {
+        Ok(level) if level <= 19 => Ok(ShadowNice::Level(level)),
+        _ => Err(format!(
+            "`nice: {text}` is out of range; use `idle`, or 0 (as the client path) to 19 (lowest)"
+        )),
+    }
+}
+
+impl<'de> Deserialize<'de> for ShadowNice {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor {
+            expecting: "`idle` or a nice value from 0 to 19",
+            from_str: parse_nice,
+            from_f64: |v| parse_nice(&v.to_string()),
+        })
+    }
+}
+
 // === JSON Schema ===
 //
 // Hand-written because the Rust types (a `Duration`, an `f64`, a `u64`) say
@@ -210,6 +237,23 @@ impl JsonSchema for ByteSize {
     }
 }
 
+impl JsonSchema for ShadowNice {
+    fn schema_name() -> Cow<'static, str> {
+        "ShadowNice".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "`idle` (Linux SCHED_IDLE: only CPU nothing else wants), or a nice value from 0 (as the client path) to 19.",
+            "oneOf": [
+                { "type": "string", "enum": ["idle"] },
+                { "type": "integer", "minimum": 0, "maximum": 19 }
+            ],
+            "examples": ["idle", 10]
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +277,19 @@ mod tests {
             Ok(DurationSpec(Duration::from_millis(250)))
         );
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn nice_is_idle_or_a_nice_value() {
+        let parse =
+            |yaml: &str| serde_yaml::from_str::<ShadowNice>(yaml).map_err(|e| e.to_string());
+        assert_eq!(parse("idle"), Ok(ShadowNice::Idle));
+        assert_eq!(parse("7"), Ok(ShadowNice::Level(7)));
+        assert_eq!(parse("0"), Ok(ShadowNice::Level(0)));
+        for bad in ["20", "-1", "2.5", "low"] {
+            let err = parse(bad).expect_err(bad);
+            assert!(err.contains("use `idle`, or 0"), "{bad}: {err}");
+        }
     }
 
     /// The schema's patterns accept what the parsers accept, on the

@@ -26,7 +26,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use self::listener::ClientListener;
-pub use self::settings::{ConnLimits, ServerSettings, ShadowSettings, MIN_HEADER_BYTES};
+pub use self::settings::{
+    ConnLimits, ServerSettings, ShadowNice, ShadowSettings, MIN_HEADER_BYTES,
+};
 pub use self::socket::bind;
 use self::workers::Workers;
 use crate::admin::AdminService;

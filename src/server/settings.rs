@@ -46,9 +46,20 @@ pub struct ShadowSettings {
     pub queue: usize,
     pub concurrency: usize,
     pub diff_log: Option<std::path::PathBuf>,
-    /// How much lower than the client path the shadow thread runs (Linux
-    /// nice, 0 to 19).
-    pub nice: u8,
+    /// How much lower than the client path the shadow thread runs.
+    pub nice: ShadowNice,
+}
+
+/// The shadow thread's CPU priority, below the client path's (Linux).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShadowNice {
+    /// `SCHED_IDLE`: the thread runs only on CPU that nothing else wants,
+    /// and gives it up the moment a worker wakes.
+    Idle,
+    /// A nice value, from 0 (as the client path) to 19: the CPU is shared
+    /// by weight, and a worker waking may wait for the end of the shadow
+    /// thread's slice.
+    Level(u8),
 }
 
 impl Default for ShadowSettings {
@@ -57,7 +68,7 @@ impl Default for ShadowSettings {
             queue: 1024,
             concurrency: 64,
             diff_log: None,
-            nice: 10,
+            nice: ShadowNice::Idle,
         }
     }
 }

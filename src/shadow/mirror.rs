@@ -121,6 +121,7 @@ impl Mirror {
                     // Linux shows 15 bytes of a thread name (`top -H`, `/proc`).
                     .name("shadow-mirror".into())
                     .spawn(move || {
+                        crate::worker::set_current(crate::worker::BACKGROUND);
                         super::priority::lower_current_thread(nice);
                         runtime.block_on(dispatcher)
                     });

@@ -71,7 +71,8 @@ impl Pool {
         let pool = Arc::new(Pool {
             connector,
             host,
-            shards: (0..crate::worker::shard_count())
+            // One per worker, and one for the shadow thread.
+            shards: (0..crate::worker::shard_count() + 1)
                 .map(|_| Shard::default())
                 .collect(),
             max_idle,
@@ -115,7 +116,7 @@ impl Pool {
 
     /// The calling worker's shard.
     fn shard(&self) -> &Shard {
-        &self.shards[crate::worker::current() % self.shards.len()]
+        &self.shards[crate::worker::shard_index(self.shards.len())]
     }
 
     fn take_idle(&self) -> Option<Sender> {
