@@ -150,12 +150,14 @@ fn parse_nice(text: &str) -> Result<ShadowNice, String> {
     if text.eq_ignore_ascii_case("idle") {
         return Ok(ShadowNice::Idle);
     }
-    match text.parse::<u8>() {
-        Ok(level) if level <= 19 => Ok(ShadowNice::Level(level)),
-        _ => Err(format!(
-            "`nice: {text}` is out of range; use `idle`, or 0 (as the client path) to 19 (lowest)"
-        )),
-    }
+    let problem = match text.parse::<i64>() {
+        Ok(level @ 0..=19) => return Ok(ShadowNice::Level(level as u8)),
+        Ok(_) => "is out of range",
+        Err(_) => "is not a priority",
+    };
+    Err(format!(
+        "`nice: {text}` {problem}; use `idle`, or 0 (as the client path) to 19 (lowest)"
+    ))
 }
 
 impl<'de> Deserialize<'de> for ShadowNice {
