@@ -242,6 +242,10 @@ def report(raw_path, rss_path, meta_path, results_path):
         return {r["round"]: r for r in by.get((scn, tgt), [])}
 
     def ratio(scn_a, tgt_a, scn_b, tgt_b, key, op):
+        return med(ratios(scn_a, tgt_a, scn_b, tgt_b, key, op))
+
+    def ratios(scn_a, tgt_a, scn_b, tgt_b, key, op):
+        """Per round, in round order."""
         a, b = per_round(scn_a, tgt_a), per_round(scn_b, tgt_b)
         vals = []
         for rnd in sorted(set(a) & set(b)):
@@ -252,7 +256,7 @@ def report(raw_path, rss_path, meta_path, results_path):
                 vals.append(x / y)
             elif op == "sub":
                 vals.append(x - y)
-        return med(vals)
+        return vals
 
     out = []
     w = out.append
@@ -335,15 +339,16 @@ def report(raw_path, rss_path, meta_path, results_path):
         w("")
         w("**Shadowing** (same target with 100% shadow / `mirror` vs without, same round):")
         w("")
-        w("| scenario | target | p99 with / without | req/s with / without |")
-        w("|---|---|---:|---:|")
+        w("| scenario | target | p99 with / without | req/s with / without | p99 with / without, each round |")
+        w("|---|---|---:|---:|---|")
         for scn, title in shadow_rows:
             for tgt in TARGETS:
                 if (scn, tgt) not in by:
                     continue
                 base = SHADOW_BASE[scn]
+                rounds = ", ".join(f"{v:.2f}" for v in ratios(scn, tgt, base, tgt, 'p99', 'div'))
                 w(f"| {title} | {tgt} | {fmt(ratio(scn, tgt, base, tgt, 'p99', 'div'), 2, '×')} | "
-                  f"{fmt(ratio(scn, tgt, base, tgt, 'rps', 'div'), 2, '×')} |")
+                  f"{fmt(ratio(scn, tgt, base, tgt, 'rps', 'div'), 2, '×')} | {rounds} |")
         drops = {}
         shadow_tsv = os.path.join(os.path.dirname(raw_path), "shadow.tsv")
         if os.path.exists(shadow_tsv):
