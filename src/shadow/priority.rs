@@ -17,15 +17,17 @@ pub fn lower_current_thread(nice: ShadowNice) {
         }
         ShadowNice::Idle => {
             use thread_priority::{
-                set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
-                ThreadPriority, ThreadSchedulePolicy,
+                set_thread_priority_and_policy, thread_native_id, thread_schedule_policy,
+                NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
             };
-            set_thread_priority_and_policy(
-                thread_native_id(),
-                ThreadPriority::Min,
-                ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
-            )
-            .map_err(|err| err.to_string())
+            let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+            match set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle) {
+                // After the policy, the library resets the nice value to 0,
+                // which a process started niced may not do. The policy is
+                // what counts, and it is set.
+                Err(_) if thread_schedule_policy().ok() == Some(idle) => Ok(()),
+                other => other.map_err(|err| err.to_string()),
+            }
         }
     };
     if let Err(error) = result {
