@@ -33,6 +33,7 @@ pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod shadow;
+mod small_writes;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

@@ -9,6 +9,8 @@
 # perf: `perf record -e cpu-clock` (flat, per symbol) for a bounded time; a
 #   software clock, so it works where hardware counters are not exposed
 #   (VMs), and it includes the kernel.
+# -g (perf only): record call graphs (DWARF unwinding), to see who calls a
+#   hot symbol: `perf report -i DIR/perf.data --no-children -G --symbols=NAME`.
 # --shadow: the route also mirrors every request to a second, equally fast
 #   nginx answer (the cost of shadowing itself, without a slow candidate).
 # Writes the raw profile and a summary to --out (default /tmp/strangler-profile).
@@ -23,6 +25,7 @@ OUT=/tmp/strangler-profile
 PORT=27190
 BIN="$ROOT/target/release/strangler"
 SHADOW=false
+CALL_GRAPH=()
 while [ $# -gt 0 ]; do
   case "$1" in
     callgrind|perf) MODE=$1; shift ;;
@@ -32,7 +35,8 @@ while [ $# -gt 0 ]; do
     --bin) BIN=$2; shift 2 ;;
     --port) PORT=$2; shift 2 ;;
     --shadow) SHADOW=true; shift ;;
-    *) echo "usage: $0 [callgrind|perf] [-n REQUESTS] [-d SECONDS] [--out DIR] [--bin PATH] [--shadow]" >&2; exit 2 ;;
+    -g) CALL_GRAPH=(--call-graph dwarf,16384); shift ;;
+    *) echo "usage: $0 [callgrind|perf] [-n REQUESTS] [-d SECONDS] [--out DIR] [--bin PATH] [--shadow] [-g]" >&2; exit 2 ;;
   esac
 done
 for tool in nginx h2load wrk curl; do command -v $tool >/dev/null || { echo "$tool missing" >&2; exit 1; }; done
@@ -113,7 +117,7 @@ case "$MODE" in
     wrk -t1 -c50 -d"$((SECONDS_PERF + 2))s" "$URL" >"$OUT/wrk.txt" &
     WPID=$!; PIDS+=($WPID)
     sleep 1
-    perf record -e cpu-clock -F 999 -p "$SPID" -o "$OUT/perf.data" -- sleep "$SECONDS_PERF" 2>"$OUT/perf-record.err"
+    perf record "${CALL_GRAPH[@]}" -e cpu-clock -F 999 -p "$SPID" -o "$OUT/perf.data" -- sleep "$SECONDS_PERF" 2>"$OUT/perf-record.err"
     wait "$WPID" || true
     perf report -i "$OUT/perf.data" --no-children --sort symbol --stdio 2>/dev/null >"$OUT/report.txt" || true
     perf report -i "$OUT/perf.data" --no-children --sort dso --stdio 2>/dev/null >"$OUT/dso.txt" || true

@@ -194,7 +194,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for WireIo<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         self.clock.on_write();
-        let written = ready!(self.io()?.poll_write_vectored(cx, bufs))?;
+        let written = ready!(crate::small_writes::poll_write_vectored(
+            self.io()?,
+            cx,
+            bufs
+        ))?;
         self.activity.on_bytes();
         Poll::Ready(Ok(written))
     }

@@ -189,7 +189,8 @@ async fn start_http1<T>(io: T) -> Result<SendRequest<ProxyBody>, ExchangeError>
 where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let (sender, connection) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
+    let io = TokioIo::new(crate::small_writes::Joined(io));
+    let (sender, connection) = http1::Builder::new().handshake(io).await?;
     tokio::spawn(async move {
         // Upgrades: a 101 hands the socket to the tunnel (proxy/upgrade.rs).
         if let Err(err) = connection.with_upgrades().await {
