@@ -9,6 +9,7 @@
 //! into one buffer costs less than that. Larger writes stay vectored: for
 //! them, the copy would cost more than the detour saves.
 
+use std::cell::RefCell;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -17,6 +18,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Up to this many bytes in several slices are copied into one buffer.
 const JOIN_MAX: usize = 4096;
+
+thread_local! {
+    /// Where slices are joined: one per thread, reused, as zeroing a fresh
+    /// buffer on the stack for every write cost more than the join.
+    static JOINED: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(JOIN_MAX));
+}
 
 /// Writes `bufs` to `io` with one plain write when they hold one non-empty
 /// slice or at most `JOIN_MAX` bytes, vectored otherwise.
@@ -36,15 +43,19 @@ pub fn poll_write_vectored<W: AsyncWrite + ?Sized>(
     if total > JOIN_MAX {
         return io.poll_write_vectored(cx, bufs);
     }
-    let mut joined = [0u8; JOIN_MAX];
-    let mut len = 0;
-    for buf in bufs {
-        joined[len..len + buf.len()].copy_from_slice(buf);
-        len += buf.len();
-    }
-    // A short write reports the bytes taken from the front, as a vectored
-    // write would.
-    io.poll_write(cx, &joined[..len])
+    JOINED.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut joined) => {
+            joined.clear();
+            for buf in bufs {
+                joined.extend_from_slice(buf);
+            }
+            // A short write reports the bytes taken from the front, as a
+            // vectored write would.
+            io.poll_write(cx, &joined)
+        }
+        // Only if a write below this one wrote through here again.
+        Err(_) => io.poll_write_vectored(cx, bufs),
+    })
 }
 
 /// A byte stream whose small vectored writes are joined (for the backend

@@ -262,13 +262,8 @@ pub fn answer_request_id(request_id: &HeaderValue) -> HeaderValue {
 
 /// 32 random hex digits, formatted on the stack.
 fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = [0u8; 32];
-    let mut random = fastrand::u128(..);
-    for digit in id.iter_mut().rev() {
-        *digit = HEX[(random & 0xf) as usize];
-        random >>= 4;
-    }
+    super::trace::write_hex(&mut id, fastrand::u128(..));
     HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 

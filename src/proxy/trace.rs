@@ -215,10 +215,15 @@ fn hex_value(digits: &[u8]) -> Option<u32> {
 }
 
 /// Writes `value` as `out.len()` lowercase hex digits (the low ones).
-fn write_hex(out: &mut [u8], mut value: u128) {
-    for slot in out.iter_mut().rev() {
-        *slot = HEX[(value & 0xf) as usize];
-        value >>= 4;
+/// Ids are whole bytes, so `out.len()` is even and at most 32; a byte at a
+/// time, as the per-digit loop on a `u128` cost about 1% of a request.
+pub(super) fn write_hex(out: &mut [u8], value: u128) {
+    debug_assert!(out.len() % 2 == 0 && out.len() <= 32);
+    let bytes = value.to_be_bytes();
+    let low = &bytes[bytes.len().saturating_sub(out.len() / 2)..];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(low) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
     }
 }
 
@@ -237,6 +242,20 @@ mod tests {
     use super::*;
 
     const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn hex_ids_are_the_low_digits_in_lowercase() {
+        let value = 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736_u128;
+        let mut trace_id = [0u8; 32];
+        write_hex(&mut trace_id, value);
+        assert_eq!(&trace_id, b"4bf92f3577b34da6a3ce929d0e0e4736");
+        let mut span_id = [0u8; 16];
+        write_hex(&mut span_id, value);
+        assert_eq!(&span_id, b"a3ce929d0e0e4736");
+        let mut flags = [0u8; 2];
+        write_hex(&mut flags, 1);
+        assert_eq!(&flags, b"01");
+    }
 
     fn context(values: &[&str]) -> TraceContext {
         let mut headers = HeaderMap::new();
