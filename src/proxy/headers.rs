@@ -264,7 +264,10 @@ pub fn answer_request_id(request_id: &HeaderValue) -> HeaderValue {
 fn new_request_id() -> HeaderValue {
     let mut id = [0u8; 32];
     super::trace::write_hex(&mut id, fastrand::u128(..));
-    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    // Owned, not copied from a slice: the id is cloned into the upstream
+    // request, and the first clone of copied bytes allocates again.
+    HeaderValue::from_maybe_shared(Bytes::from_owner(id))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]

@@ -143,7 +143,9 @@ impl TraceContext {
     /// Sets `traceparent` for the backend, and drops a `tracestate` that
     /// came with an invalid or absent parent.
     pub(crate) fn apply(&self, headers: &mut HeaderMap) {
-        let value = HeaderValue::from_bytes(&self.traceparent)
+        // Owned, not copied from a slice: the headers are cloned for each
+        // attempt, and the first clone of copied bytes allocates again.
+        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(self.traceparent))
             .expect("hex digits and dashes are a valid header value");
         headers.insert(&TRACEPARENT, value);
         if self.parent_span_id.is_none() {
