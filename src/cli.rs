@@ -217,7 +217,8 @@ fn run(args: RunArgs) -> Result<(), CliError> {
     telemetry::init(args.log_format);
     // This thread is the first worker; `serve` starts the others, each on
     // a single-threaded runtime of its own (`server::workers`).
-    let runtime = single_threaded_runtime()?;
+    let runtime = crate::worker::runtime().map_err(CliError::Runtime)?;
+    let _batching = crate::telemetry::access::batch_on_this_thread();
     let workers = match args.workers {
         Some(0) | None => crate::worker::default_count(),
         Some(workers) => workers,

@@ -29,6 +29,16 @@ pub fn current() -> usize {
     INDEX.with(Cell::get)
 }
 
+/// A worker's runtime: single-threaded, with I/O and timers, writing the
+/// access lines the thread holds whenever it is about to wait for events
+/// (see `telemetry::access::batch_on_this_thread`).
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_park(crate::telemetry::access::flush)
+        .build()
+}
+
 /// Marks the calling thread as worker `index`.
 pub(crate) fn set_current(index: usize) {
     INDEX.with(|cell| cell.set(index));

@@ -55,10 +55,7 @@ impl Workers {
                 .map(ClientListener::share)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(failed)?;
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(failed)?;
+            let runtime = crate::worker::runtime().map_err(failed)?;
             let (ended, on_end) = oneshot::channel();
             let work = serve(
                 index,
@@ -73,9 +70,11 @@ impl Workers {
                 .name(format!("worker-{index}"))
                 .spawn(move || {
                     crate::worker::set_current(index);
+                    let batching = crate::telemetry::access::batch_on_this_thread();
                     runtime.block_on(work);
                     // Closes the connections still open after the grace period.
                     drop(runtime);
+                    drop(batching);
                     let _ = ended.send(());
                 })
                 .map_err(failed)?;

@@ -33,7 +33,12 @@ pub fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(is_terminal)
-        .with_writer(std::io::stderr);
+        // Access lines this thread holds go first, so that its log keeps
+        // the order in which things happened.
+        .with_writer(|| {
+            access::flush();
+            std::io::stderr()
+        });
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -1,6 +1,9 @@
 //! The `strangler run` binary as a child process: where it listens, read
 //! from its JSON log. Included with `#[path]` by the tests that run it.
 
+// Each test file uses its own part of this one.
+#![allow(dead_code)]
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
@@ -26,11 +29,22 @@ pub fn spawn_run(args: &[&str], cwd: &Path) -> Child {
         .expect("start strangler run")
 }
 
+/// The stderr of a child, line by line.
+pub type Log = tokio::io::Lines<BufReader<tokio::process::ChildStderr>>;
+
 /// The proxy and admin addresses of a child started with `--log-format
 /// json` and `RUST_LOG=info` and a piped stderr, from its "strangler is
 /// serving" line. The rest of the log is read and dropped, so that the
 /// child never blocks on a full pipe.
 pub async fn serving_addresses(child: &mut Child) -> (SocketAddr, SocketAddr) {
+    let (listen, admin, mut log) = serving_with_log(child).await;
+    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+    (listen, admin)
+}
+
+/// As `serving_addresses`, and the rest of the log, for the caller to read
+/// (and to keep reading: a full pipe blocks the child).
+pub async fn serving_with_log(child: &mut Child) -> (SocketAddr, SocketAddr, Log) {
     let stderr = child.stderr.take().expect("the child's stderr is piped");
     let mut logs = BufReader::new(stderr).lines();
     let serving = async {
@@ -50,9 +64,8 @@ pub async fn serving_addresses(child: &mut Child) -> (SocketAddr, SocketAddr) {
         }
         panic!("strangler exited before serving");
     };
-    let addresses = tokio::time::timeout(PATIENCE, serving)
+    let (listen, admin) = tokio::time::timeout(PATIENCE, serving)
         .await
         .expect("strangler starts serving");
-    tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
-    addresses
+    (listen, admin, logs)
 }
