@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use super::head_check::BODY_READ_BYTES;
 use super::park::{self, ConnActivity, Readiness, TrackedBody, PARK_AFTER};
 use super::settings::ConnLimits;
 use super::sidecar::Sidecar;
@@ -196,8 +197,9 @@ fn http_builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
         // the idle time of keep-alive connections, which is
         // `keepalive_timeout`'s job.
         .header_read_timeout(None)
-        // The head must fit in the read buffer: a larger one gets 431.
-        .max_buf_size(limits.max_header_bytes);
+        // Large for request bodies; `WireIo` holds heads to
+        // `max_header_bytes` (431 beyond), see `server::head_check`.
+        .max_buf_size(limits.max_header_bytes.max(BODY_READ_BYTES));
     // hyper's own limit is 100 headers; setting it explicitly makes hyper
     // fill a header array on every parse, so only a different limit is set.
     if limits.max_headers != HYPER_DEFAULT_MAX_HEADERS {
@@ -324,6 +326,7 @@ impl Connection {
                 io,
                 activity.clone(),
                 check_heads,
+                self.limits.max_header_bytes,
                 self.limits.header_read_timeout,
             )
             .parkable(home);

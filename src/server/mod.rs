@@ -4,6 +4,7 @@
 //! `run` is the library's entry point: it takes bound listeners and a
 //! shutdown future, so tests and `main` start the proxy the same way.
 
+mod head_check;
 mod head_timeout;
 mod listener;
 mod park;

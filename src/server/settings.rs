@@ -100,8 +100,8 @@ pub struct ConnLimits {
     /// close). Idle time between requests is `keepalive_timeout`'s. See
     /// `server::head_timeout`.
     pub header_read_timeout: Duration,
-    /// Request line plus headers (HTTP/1), or the header list (HTTP/2);
-    /// 431 beyond. hyper needs at least 8 KiB, which `compile` checks.
+    /// Request line plus headers (HTTP/1, held by `server::head_check`), or
+    /// the header list (HTTP/2); 431 beyond. At least `MIN_HEADER_BYTES`.
     pub max_header_bytes: usize,
     /// 431 beyond.
     pub max_headers: usize,
@@ -114,7 +114,9 @@ pub struct ConnLimits {
     pub h2_max_concurrent_streams: u32,
 }
 
-/// hyper refuses a smaller read buffer (it panics), so `compile` refuses one too.
+/// The smallest head limit `compile` accepts: a smaller one would refuse
+/// ordinary browsers' requests (cookies), and it was hyper's smallest read
+/// buffer when the limit was that buffer.
 pub const MIN_HEADER_BYTES: usize = 8 * 1024;
 
 impl Default for ConnLimits {
