@@ -168,6 +168,63 @@ async fn a_stalled_head_over_tls_gets_408_and_a_silent_connection_is_closed() {
     assert_eq!(backend.hits(), 0);
 }
 
+/// A client that chose HTTP/2 by ALPN and speaks HTTP/1 anyway is served
+/// (hyper goes by the bytes), under the same head checks and limits as any
+/// HTTP/1 connection: a smuggling-shaped head gets 400, an oversized one 431.
+#[tokio::test]
+async fn http1_spoken_after_choosing_h2_meets_the_same_head_checks() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let ca = Ca::new();
+    let (cert, key, _) = ca.issue(dir.path(), "a.test");
+    let backend = FakeBackend::start("monolith").await;
+    let yaml = certificates_yaml(&[(&cert, &key, "a.test")])
+        + &routes_file(&[("monolith", &backend.url())], "");
+    let proxy = TlsProxy::start(&write_routes(dir.path(), &yaml), dir.path().join("state")).await;
+    let mut config = (*ca.client_config()).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let config = Arc::new(config);
+
+    let big = "x".repeat(70 * 1024);
+    let cases = [
+        (
+            "a plain request",
+            "GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n".to_string(),
+            "HTTP/1.1 200",
+        ),
+        (
+            "length with chunked",
+            "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\n\
+             Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                .to_string(),
+            "HTTP/1.1 400",
+        ),
+        (
+            "an oversized head",
+            format!("GET / HTTP/1.1\r\nHost: a.test\r\nX-Big: {big}\r\n\r\n"),
+            "HTTP/1.1 431",
+        ),
+    ];
+    for (what, request, expected) in cases {
+        let tcp = TcpStream::connect(proxy.tls_addr).await.expect("connect");
+        let name = ServerName::try_from("a.test").expect("server name");
+        let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "{what}");
+        tls.write_all(request.as_bytes())
+            .await
+            .expect("write the request");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(PATIENCE, tls.read_to_end(&mut answer))
+            .await
+            .expect("the proxy answers and closes");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with(expected), "{what}: {answer:?}");
+    }
+    assert_eq!(backend.hits(), 1);
+}
+
 /// How one TLS connection of the rotation test went.
 #[derive(Debug, PartialEq, Eq)]
 enum Handshake {

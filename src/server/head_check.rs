@@ -132,11 +132,6 @@ impl HeadCheck {
         }
     }
 
-    /// Stops looking at the connection's bytes (HTTP/2).
-    pub fn stop_looking(&mut self) {
-        self.state = State::Passthrough;
-    }
-
     /// Whether the connection is between requests: no head begun, no body
     /// being read.
     pub fn is_between_requests(&self) -> bool {
@@ -189,25 +184,45 @@ impl HeadCheck {
                         self.state = State::TooLarge;
                         return Verdict::TooLarge(i);
                     }
-                    // A run stops at the limit, so that the cut falls there.
+                    // Runs stop at the limit, so that the cut falls there.
                     let end = match room {
                         0 => bytes.len(),
                         room => i + room.min(bytes.len() - i),
                     };
-                    let run = self.take_run(&bytes[i..end]);
-                    (i, self.head_bytes) = (i + run, self.head_bytes + run);
-                    if i == end {
-                        continue;
+                    let start = i;
+                    loop {
+                        i += self.take_run(&bytes[i..end]);
+                        if i == end {
+                            self.head_bytes += i - start;
+                            break;
+                        }
+                        if self.head_byte(bytes[i]).is_err() {
+                            self.state = State::Refused;
+                            return Verdict::Refuse(i);
+                        }
+                        i += 1;
+                        if !self.has_head_bytes || !self.is_following_a_head() {
+                            // The head ended (its count starts again), or
+                            // is no longer followed.
+                            break;
+                        }
+                        if room == 0 {
+                            // Past the limit: back to look for a place to cut.
+                            self.head_bytes += i - start;
+                            break;
+                        }
                     }
-                    if self.head_byte(bytes[i]).is_err() {
-                        self.state = State::Refused;
-                        return Verdict::Refuse(i);
-                    }
-                    (i, self.head_bytes) = (i + 1, self.head_bytes + 1);
                 }
             }
         }
         Verdict::Pass
+    }
+
+    fn is_following_a_head(&self) -> bool {
+        matches!(
+            self.state,
+            State::Start | State::RequestLine | State::Headers
+        )
     }
 
     /// Whether `FILLER` here continues the head as a token: not right after
@@ -230,7 +245,7 @@ impl HeadCheck {
             return 0;
         }
         let next = match self.state {
-            State::RequestLine => memchr::memchr3(b' ', b'\r', b'\n', rest),
+            State::RequestLine => memchr::memchr2(b'\r', b'\n', rest),
             State::Headers if !self.in_value => memchr::memchr3(b':', b'\r', b'\n', rest),
             // A length's digits are checked one by one.
             State::Headers if self.field != Field::ContentLength => {
@@ -239,6 +254,12 @@ impl HeadCheck {
             _ => return 0,
         };
         let run = next.unwrap_or(rest.len());
+        if self.state == State::RequestLine {
+            // Counted, not stopped at: a cut must know whether it falls in
+            // the HTTP version.
+            let spaces = rest[..run].iter().filter(|&&b| b == b' ').count();
+            self.spaces = self.spaces.saturating_add(spaces.min(2) as u8);
+        }
         if !self.in_value && self.line_len < self.prefix.len() {
             let room = (self.prefix.len() - self.line_len).min(run);
             let slots = &mut self.prefix[self.line_len..self.line_len + room];

@@ -314,7 +314,9 @@ impl Connection {
 
     /// Serves the connection until it closes: with hyper while it is in
     /// use, parked (`server::park`) while it waits between requests.
-    async fn serve<IO>(mut self, mut io: IO, check_heads: bool)
+    /// `awaits_http1: false` for a connection that chose HTTP/2 by ALPN:
+    /// no head timeout, and it is never parked.
+    async fn serve<IO>(mut self, mut io: IO, awaits_http1: bool)
     where
         IO: AsyncRead + AsyncWrite + Readiness + Unpin + Send + 'static,
     {
@@ -325,11 +327,13 @@ impl Connection {
             let mut wire = WireIo::new(
                 io,
                 activity.clone(),
-                check_heads,
+                awaits_http1,
                 self.limits.max_header_bytes,
                 self.limits.header_read_timeout,
-            )
-            .parkable(home);
+            );
+            if awaits_http1 {
+                wire = wire.parkable(home);
+            }
             if is_resumed {
                 wire = wire.resumed();
             }

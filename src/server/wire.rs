@@ -36,25 +36,22 @@ pub struct WireIo<IO> {
 }
 
 impl<IO> WireIo<IO> {
-    /// `check_heads: false` for a connection known to speak HTTP/2 (ALPN):
-    /// neither the head check nor the head timeout applies, and it is
-    /// never parked.
+    /// `awaits_http1: false` for a connection that chose HTTP/2 by ALPN: the
+    /// head timeout does not apply. The head check still follows its
+    /// bytes, and stops at the HTTP/2 preface: a client that speaks HTTP/1
+    /// there anyway (hyper serves it) meets the same checks and limits.
     pub fn new(
         inner: IO,
         activity: Arc<ConnActivity>,
-        check_heads: bool,
+        awaits_http1: bool,
         max_head_bytes: usize,
         header_read_timeout: Duration,
     ) -> Self {
-        let mut check = HeadCheck::new(max_head_bytes);
-        if !check_heads {
-            check.stop_looking();
-        }
         WireIo {
             inner: Some(inner),
             activity,
-            check,
-            clock: HeadTimeout::new(header_read_timeout, check_heads),
+            check: HeadCheck::new(max_head_bytes),
+            clock: HeadTimeout::new(header_read_timeout, awaits_http1),
             home: None,
             is_parked: false,
             ahead: ReadAhead::default(),
