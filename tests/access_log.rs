@@ -12,36 +12,39 @@ use std::net::SocketAddr;
 use binary::{serving_with_log, spawn_run, Log};
 use support::{routes_file, Behaviour, FakeBackend, HttpClient, PATIENCE};
 use tokio::process::Child;
+use tokio::task::JoinHandle;
 
 const CLIENTS: usize = 20;
 const REQUESTS_EACH: usize = 10;
 
-/// The request ids of the next `count` access lines; every line of the log
-/// read on the way must be one whole JSON object.
-async fn access_request_ids(log: &mut Log, count: usize) -> BTreeSet<String> {
-    let mut ids = BTreeSet::new();
-    let mut lines = 0;
-    let read = async {
-        while lines < count {
-            let line = log
-                .next_line()
-                .await
-                .expect("read the log")
-                .expect("strangler is still running");
-            let event: serde_json::Value = serde_json::from_str(&line)
-                .unwrap_or_else(|err| panic!("not one JSON object ({err}): {line:?}"));
-            if event["target"] == "access" {
-                assert_eq!(event["status"], 200, "{line}");
-                let id = event["request_id"].as_str().expect("a request id");
-                assert!(ids.insert(id.to_string()), "two lines for {id}");
-                lines += 1;
+/// Reads the log from now on, in a task of its own (a log nobody reads
+/// fills its pipe, and the proxy then waits to write): the request ids of
+/// the next `count` access lines. Every line of the log read on the way
+/// must be one whole JSON object.
+fn access_request_ids(mut log: Log, count: usize) -> JoinHandle<BTreeSet<String>> {
+    tokio::spawn(async move {
+        let mut ids = BTreeSet::new();
+        let read = async {
+            while ids.len() < count {
+                let line = log
+                    .next_line()
+                    .await
+                    .expect("read the log")
+                    .expect("strangler is still running");
+                let event: serde_json::Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|err| panic!("not one JSON object ({err}): {line:?}"));
+                if event["target"] == "access" {
+                    assert_eq!(event["status"], 200, "{line}");
+                    let id = event["request_id"].as_str().expect("a request id");
+                    assert!(ids.insert(id.to_string()), "two lines for {id}");
+                }
             }
+        };
+        if tokio::time::timeout(PATIENCE, read).await.is_err() {
+            panic!("{} access lines of {count}", ids.len());
         }
-    };
-    tokio::time::timeout(PATIENCE, read)
-        .await
-        .unwrap_or_else(|_| panic!("{lines} access lines of {count}"));
-    ids
+        ids
+    })
 }
 
 /// `strangler run` with one default route to `backend` and `--workers
@@ -89,7 +92,8 @@ fn get_with_id(client: &HttpClient, id: &str) -> http::Request<support::TestBody
 #[tokio::test]
 async fn every_request_has_one_whole_line_from_every_worker() {
     let backend = FakeBackend::with(Behaviour::Echo).await;
-    let (_child, _dir, addr, mut log) = start(&backend, "2").await;
+    let (_child, _dir, addr, log) = start(&backend, "2").await;
+    let logged = access_request_ids(log, CLIENTS * REQUESTS_EACH);
 
     let clients: Vec<_> = (0..CLIENTS)
         .map(|client_index| {
@@ -106,11 +110,16 @@ async fn every_request_has_one_whole_line_from_every_worker() {
             })
         })
         .collect();
-    for client in clients {
-        client.await.expect("client task");
-    }
+    let all_answered = async {
+        for client in clients {
+            client.await.expect("client task");
+        }
+    };
+    tokio::time::timeout(PATIENCE, all_answered)
+        .await
+        .expect("every request answered");
 
-    let logged = access_request_ids(&mut log, CLIENTS * REQUESTS_EACH).await;
+    let logged = logged.await.expect("the log reader");
     let sent: BTreeSet<String> = (0..CLIENTS)
         .flat_map(|c| (0..REQUESTS_EACH).map(move |r| format!("client{c}-request{r}")))
         .collect();
@@ -122,11 +131,12 @@ async fn every_request_has_one_whole_line_from_every_worker() {
 #[tokio::test]
 async fn a_lone_request_is_logged_without_waiting_for_others() {
     let backend = FakeBackend::with(Behaviour::Echo).await;
-    let (_child, _dir, addr, mut log) = start(&backend, "1").await;
+    let (_child, _dir, addr, log) = start(&backend, "1").await;
+    let logged = access_request_ids(log, 1);
 
     let client = HttpClient::http1(addr);
     let reply = client.send(get_with_id(&client, "the-only-one")).await;
     assert_eq!(reply.status, 200);
-    let logged = access_request_ids(&mut log, 1).await;
+    let logged = logged.await.expect("the log reader");
     assert_eq!(logged, BTreeSet::from(["the-only-one".to_string()]));
 }
