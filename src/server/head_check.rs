@@ -178,44 +178,54 @@ impl HeadCheck {
                     };
                 }
                 State::Start | State::RequestLine | State::Headers => {
-                    self.has_head_bytes = true;
-                    let room = self.max_head_bytes.saturating_sub(self.head_bytes);
-                    if room == 0 && self.may_fill_here() {
-                        self.state = State::TooLarge;
-                        return Verdict::TooLarge(i);
-                    }
-                    // Runs stop at the limit, so that the cut falls there.
-                    let end = match room {
-                        0 => bytes.len(),
-                        room => i + room.min(bytes.len() - i),
-                    };
-                    let start = i;
-                    loop {
-                        i += self.take_run(&bytes[i..end]);
-                        if i == end {
-                            self.head_bytes += i - start;
-                            break;
-                        }
-                        if self.head_byte(bytes[i]).is_err() {
-                            self.state = State::Refused;
-                            return Verdict::Refuse(i);
-                        }
-                        i += 1;
-                        if !self.has_head_bytes || !self.is_following_a_head() {
-                            // The head ended (its count starts again), or
-                            // is no longer followed.
-                            break;
-                        }
-                        if room == 0 {
-                            // Past the limit: back to look for a place to cut.
-                            self.head_bytes += i - start;
-                            break;
-                        }
+                    match self.follow_head(bytes, i) {
+                        Ok(next) => i = next,
+                        Err(verdict) => return verdict,
                     }
                 }
             }
         }
         Verdict::Pass
+    }
+
+    /// Follows head bytes from `bytes[i]` until the head ends, the bytes
+    /// do, or the limit is reached; returns where it stopped, or the
+    /// verdict on the head.
+    fn follow_head(&mut self, bytes: &[u8], mut i: usize) -> Result<usize, Verdict> {
+        self.has_head_bytes = true;
+        let room = self.max_head_bytes.saturating_sub(self.head_bytes);
+        if room == 0 && self.may_fill_here() {
+            self.state = State::TooLarge;
+            return Err(Verdict::TooLarge(i));
+        }
+        // Runs stop at the limit, so that the cut falls there.
+        let end = match room {
+            0 => bytes.len(),
+            room => i + room.min(bytes.len() - i),
+        };
+        let start = i;
+        loop {
+            i += self.take_run(&bytes[i..end]);
+            if i == end {
+                self.head_bytes += i - start;
+                return Ok(i);
+            }
+            if self.head_byte(bytes[i]).is_err() {
+                self.state = State::Refused;
+                return Err(Verdict::Refuse(i));
+            }
+            i += 1;
+            if !self.has_head_bytes || !self.is_following_a_head() {
+                // The head ended (its count starts again), or is no longer
+                // followed.
+                return Ok(i);
+            }
+            if room == 0 {
+                // Past the limit: back to look for a place to cut.
+                self.head_bytes += i - start;
+                return Ok(i);
+            }
+        }
     }
 
     fn is_following_a_head(&self) -> bool {
