@@ -315,7 +315,7 @@ impl Connection {
     /// Serves the connection until it closes: with hyper while it is in
     /// use, parked (`server::park`) while it waits between requests.
     /// `awaits_http1: false` for a connection that chose HTTP/2 by ALPN:
-    /// no head timeout, and it is never parked.
+    /// no deadline for its first byte, and it is never parked.
     async fn serve<IO>(mut self, mut io: IO, awaits_http1: bool)
     where
         IO: AsyncRead + AsyncWrite + Readiness + Unpin + Send + 'static,

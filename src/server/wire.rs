@@ -36,10 +36,11 @@ pub struct WireIo<IO> {
 }
 
 impl<IO> WireIo<IO> {
-    /// `awaits_http1: false` for a connection that chose HTTP/2 by ALPN: the
-    /// head timeout does not apply. The head check still follows its
+    /// `awaits_http1: false` for a connection that chose HTTP/2 by ALPN: no
+    /// deadline for its first byte. The head check still follows its
     /// bytes, and stops at the HTTP/2 preface: a client that speaks HTTP/1
-    /// there anyway (hyper serves it) meets the same checks and limits.
+    /// there anyway (hyper serves it) meets the same checks, limits and
+    /// head timeout.
     pub fn new(
         inner: IO,
         activity: Arc<ConnActivity>,
