@@ -451,8 +451,8 @@ async fn access_lines_obey_rust_log() {
         HttpClient::http1(addr).get("/api/orders/1").await.status,
         200
     );
-    // The access line is written by the end of the turn that answered,
-    // so any line of it comes before the reload's.
+    // The access line is written once the idle worker has answered,
+    // before it waits for more, so any line of it comes before the reload's.
     let changed = r#"
   - name: orders-renamed
     match: { prefix: "/api/orders" }

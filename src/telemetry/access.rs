@@ -9,9 +9,10 @@
 //! A worker thread holds its lines (`batch_on_this_thread`) and writes them
 //! together when its runtime is about to wait for events (`flush`, from
 //! tokio's park hook), or at `BATCH_MAX`: under load one `write` carries
-//! many lines instead of one each, and a line still leaves within the
-//! event-loop turn that made it. nginx's `buffer=` and Envoy's flush
-//! interval hold lines for up to seconds.
+//! many lines instead of one each, and a line still leaves as soon as the
+//! worker runs out of work, or within a few milliseconds when it never
+//! does. nginx's `buffer=` and Envoy's flush interval hold lines for up to
+//! seconds.
 
 use std::cell::{Cell, RefCell};
 use std::io::Write;
