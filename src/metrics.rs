@@ -15,6 +15,7 @@ use prometheus::{
 };
 
 use crate::routing::{BackendId, RouteName};
+use crate::shadow::Outcome;
 
 /// Buckets for API latency, 1 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -346,6 +347,9 @@ pub struct RouteMetrics {
     pub inflight: IntGauge,
     pub request_body: Histogram,
     fallbacks: IntCounterVec,
+    shadow_outcomes: IntCounterVec,
+    /// Created on the first drop: only shadowed routes have the series.
+    shadow_dropped: OnceLock<IntCounter>,
     series: Box<[BackendSeries]>,
 }
 
@@ -381,6 +385,8 @@ impl RouteMetrics {
             inflight: metrics.inflight.with_label_values(&[route]),
             request_body: metrics.request_body.with_label_values(&[route]),
             fallbacks: metrics.fallbacks.clone(),
+            shadow_outcomes: metrics.shadow_requests.clone(),
+            shadow_dropped: OnceLock::new(),
             series,
         }
     }
@@ -400,6 +406,18 @@ impl RouteMetrics {
     pub fn count_fallback(&self, from: &str, to: &str) {
         self.fallbacks
             .with_label_values(&[&self.route, from, to])
+            .inc();
+    }
+
+    /// Counts a mirror dropped because the shadow queue was full. Under
+    /// full load most mirrors may be dropped, so the series is looked up
+    /// once.
+    pub fn count_shadow_dropped(&self) {
+        self.shadow_dropped
+            .get_or_init(|| {
+                self.shadow_outcomes
+                    .with_label_values(&[&self.route, Outcome::Dropped.as_str()])
+            })
             .inc();
     }
 

@@ -313,6 +313,51 @@ async fn a_full_shadow_queue_drops_and_counts() {
     wait_for_outcome(&proxy, "mismatch", 10.0 - dropped).await;
 }
 
+/// A mirror that finds the queue full when its request is sent is dropped
+/// then, before its primary answers (it makes no copies), and counted once.
+#[tokio::test]
+async fn a_mirror_is_dropped_before_its_request_is_sent_when_the_queue_is_full() {
+    let monolith = FakeBackend::with_headers(Behaviour::Fixed("{\"a\":1}"), &[JSON]).await;
+    let slow_monolith = FakeBackend::with(Behaviour::Hold).await;
+    let candidate = FakeBackend::with(Behaviour::Hold).await;
+    let yaml = format!(
+        "server: {{ shadow: {{ queue: 1, concurrency: 1 }} }}\n\
+         backends:\n  monolith: {{ url: \"{}\" }}\n  slow: {{ url: \"{}\" }}\n  candidate: {{ url: \"{}\" }}\n\
+         default: monolith\nroutes:\n\
+         \x20 - name: catalog\n    match: {{ prefix: /api/catalog }}\n    backend: monolith\n    shadow: {{ backend: candidate }}\n\
+         \x20 - name: slow\n    match: {{ prefix: /api/slow }}\n    backend: slow\n    shadow: {{ backend: candidate }}\n",
+        monolith.url(),
+        slow_monolith.url(),
+        candidate.url()
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    // The candidate holds every mirror: one runs, one waits for its slot,
+    // one fills the queue, and the next finds no room.
+    eventually("the shadow queue is full", || async {
+        assert_eq!(proxy.get("/api/catalog/1").await.status, StatusCode::OK);
+        outcome_count(&proxy, "dropped").await >= 1.0
+    })
+    .await;
+    let dropped_of_slow = || async {
+        counter(
+            proxy.admin_addr,
+            "strangler_shadow_requests_total{outcome=\"dropped\",route=\"slow\"}",
+        )
+        .await
+    };
+    let client = HttpClient::http1(proxy.addr);
+    let pending = tokio::spawn(async move { client.get("/api/slow/1").await.status });
+    eventually("the slow route's mirror is dropped while its primary is held", || async {
+        dropped_of_slow().await == 1.0
+    })
+    .await;
+    assert!(!pending.is_finished(), "the primary is still held");
+    slow_monolith.release();
+    assert_eq!(pending.await.expect("request task"), StatusCode::OK);
+    assert_eq!(dropped_of_slow().await, 1.0, "counted once");
+    candidate.release();
+}
+
 /// With `diff_log`, every mismatch is appended to a JSONL file.
 #[tokio::test]
 async fn mismatches_are_appended_to_the_diff_log() {

@@ -13,6 +13,11 @@
 #   hot symbol: `perf report -i DIR/perf.data --no-children -G --symbols=NAME`.
 # --shadow: the route also mirrors every request to a second, equally fast
 #   nginx answer (the cost of shadowing itself, without a slow candidate).
+# --shadow-dropped: the same, but the candidate accepts mirrors and never
+#   answers, and the shadow queue is small: past the first few requests every
+#   mirror is dropped (the cost of a dropped mirror).
+# --h2 (callgrind only): the clients speak HTTP/2 (h2load, 10 connections of
+#   10 streams each, as run.sh's HTTP/2 scenario) instead of HTTP/1.1.
 # Writes the raw profile and a summary to --out (default /tmp/strangler-profile).
 set -euo pipefail
 
@@ -25,6 +30,7 @@ OUT=/tmp/strangler-profile
 PORT=27190
 BIN="$ROOT/target/release/strangler"
 SHADOW=false
+LOAD_PROTO=(--h1)
 CALL_GRAPH=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -35,8 +41,10 @@ while [ $# -gt 0 ]; do
     --bin) BIN=$2; shift 2 ;;
     --port) PORT=$2; shift 2 ;;
     --shadow) SHADOW=true; shift ;;
+    --shadow-dropped) SHADOW=dropped; shift ;;
+    --h2) LOAD_PROTO=(-m 10); shift ;;
     -g) CALL_GRAPH=(--call-graph dwarf,16384); shift ;;
-    *) echo "usage: $0 [callgrind|perf] [-n REQUESTS] [-d SECONDS] [--out DIR] [--bin PATH] [--shadow] [-g]" >&2; exit 2 ;;
+    *) echo "usage: $0 [callgrind|perf] [-n REQUESTS] [-d SECONDS] [--out DIR] [--bin PATH] [--shadow|--shadow-dropped] [--h2] [-g]" >&2; exit 2 ;;
   esac
 done
 for tool in nginx h2load wrk curl; do command -v $tool >/dev/null || { echo "$tool missing" >&2; exit 1; }; done
@@ -81,8 +89,17 @@ routes:
     match: { prefix: "/" }
     backend: upstream
 EOF
-if $SHADOW; then
-  sed -i "s|^default: upstream|  candidate: { url: \"http://127.0.0.1:$((PORT + 3))\" }\ndefault: upstream|" "$TMP/routes/routes.yaml"
+if [ "$SHADOW" != false ]; then
+  CANDIDATE=$((PORT + 3))
+  if [ "$SHADOW" = dropped ]; then
+    # Listens (the kernel completes connections) but never reads or answers.
+    CANDIDATE=$((PORT + 4))
+    python3 -c "import socket, time
+s = socket.socket(); s.bind(('127.0.0.1', $CANDIDATE)); s.listen(64); time.sleep(3600)" &
+    PIDS+=($!)
+    sed -i "1i server: { shadow: { queue: 8, concurrency: 2 } }" "$TMP/routes/routes.yaml"
+  fi
+  sed -i "s|^default: upstream|  candidate: { url: \"http://127.0.0.1:$CANDIDATE\" }\ndefault: upstream|" "$TMP/routes/routes.yaml"
   echo "    shadow: { backend: candidate, sample: 100% }" >>"$TMP/routes/routes.yaml"
 fi
 nginx -c "$TMP/nginx.conf" -p "$TMP" -g 'daemon off;' >"$TMP/nginx.out" 2>&1 &
@@ -99,14 +116,18 @@ case "$MODE" in
     SPID=$!; PIDS+=($SPID)
     wait_up
     # Warm the pool, then count only the measured requests.
-    h2load --h1 -n 500 -c 10 -t 1 "$URL" >/dev/null
+    h2load "${LOAD_PROTO[@]}" -n 500 -c 10 -t 1 "$URL" >/dev/null
     callgrind_control -z "$SPID" >/dev/null 2>&1
-    timeout 600 h2load --h1 -n "$REQUESTS" -c 10 -t 1 "$URL" | grep -E '^(finished|requests|status codes)' || true
+    timeout 600 h2load "${LOAD_PROTO[@]}" -n "$REQUESTS" -c 10 -t 1 "$URL" | grep -E '^(finished|requests|status codes)' || true
+    if [ "$SHADOW" != false ]; then
+      curl -s "http://127.0.0.1:$((PORT + 2))/metrics" | grep '^strangler_shadow_requests_total' >"$OUT/shadow.txt" || true
+    fi
     kill -TERM "$SPID"; wait "$SPID" || true
     # callgrind_annotate charges nearly all of a tokio program to `clone`;
     # helpers.py reads the raw file instead.
     python3 "$HERE/helpers.py" callgrind-top "$OUT/callgrind.out" 30 >"$OUT/summary.txt"
     echo "requests: $REQUESTS (+500 warm-up, not counted)" >>"$OUT/summary.txt"
+    [ -f "$OUT/shadow.txt" ] && cat "$OUT/shadow.txt" >>"$OUT/summary.txt"
     cat "$OUT/summary.txt"
     ;;
   perf)

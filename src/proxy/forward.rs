@@ -73,7 +73,9 @@ pub(crate) async fn forward(
         Some(limit) => boxed(LimitedBody::new(body, limit)),
         None => boxed(body),
     };
-    let shadow = shadow_policy(route, &parts.method, &ctx.request_id).filter(|_| !head.is_upgrade);
+    let shadow = shadow_policy(route, &parts.method, &ctx.request_id)
+        .filter(|_| !head.is_upgrade)
+        .filter(|_| has_shadow_room(mirror, route));
     let (body, request_copy) = match (shadow, is_bodiless) {
         (Some(policy), false) => {
             let (tee, copied) = TeeBody::new(body, policy.max_body_bytes);
@@ -126,6 +128,16 @@ fn shadow_policy<'s>(
     is_sampled.then_some(policy)
 }
 
+/// Whether the shadow queue has room; a mirror that would be dropped is
+/// dropped (and counted) before the request is sent, so it makes no copies.
+fn has_shadow_room(mirror: &Mirror, route: &Route) -> bool {
+    let has_room = mirror.has_room();
+    if !has_room {
+        route.metrics.count_shadow_dropped();
+    }
+    has_room
+}
+
 /// Tees the primary's answer to the client and queues the comparison.
 #[allow(clippy::too_many_arguments)]
 fn mirror_response(
@@ -146,7 +158,7 @@ fn mirror_response(
         (Some(path), None) => path.to_string(),
         (None, _) => head.path_and_query,
     };
-    mirror.submit(ShadowJob {
+    let is_queued = mirror.submit(ShadowJob {
         route: route.name.clone(),
         request_id: ctx.request_id.to_str().unwrap_or("").to_string(),
         method: head.method,
@@ -166,6 +178,9 @@ fn mirror_response(
             body: copied,
         },
     });
+    if !is_queued {
+        route.metrics.count_shadow_dropped();
+    }
     Response::from_parts(parts, boxed(tee))
 }
 

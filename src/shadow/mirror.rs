@@ -2,7 +2,8 @@
 //!
 //! The proxy hands a job over with `try_send` once the primary's response
 //! headers are in, and never waits: a full queue drops the job and counts
-//! it. A dispatcher runs at most `concurrency` jobs at once; each sends the
+//! it. A queue already full when the request is sent drops the mirror
+//! then, before any copy is made. A dispatcher runs at most `concurrency` jobs at once; each sends the
 //! request copy to the candidate, waits for both bodies (bounded copies),
 //! compares them and records the outcome.
 
@@ -84,7 +85,6 @@ pub struct ShadowJob {
 #[derive(Clone)]
 pub struct Mirror {
     tx: mpsc::Sender<ShadowJob>,
-    metrics: Metrics,
     pub store: Arc<DiffStore>,
 }
 
@@ -100,7 +100,7 @@ impl Mirror {
             .clone()
             .map(|path| Mutex::new(DiffLog { path, file: None }));
         let worker = Worker {
-            metrics: metrics.clone(),
+            metrics,
             store: store.clone(),
             hook,
             diff_log,
@@ -134,22 +134,20 @@ impl Mirror {
                 tokio::spawn(dispatcher);
             }
         }
-        Mirror { tx, metrics, store }
+        Mirror { tx, store }
     }
 
-    /// Queues a job, or drops and counts it when the queue is full.
-    pub fn submit(&self, job: ShadowJob) {
-        if let Err(err) = self.tx.try_send(job) {
-            let job = match err {
-                mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => {
-                    job
-                }
-            };
-            self.metrics
-                .shadow_requests
-                .with_label_values(&[&job.route, Outcome::Dropped.as_str()])
-                .inc();
-        }
+    /// Whether the queue has room now. Asked before the request is sent:
+    /// under full load most mirrors are dropped, and one that is known to
+    /// be dropped makes no copies.
+    pub fn has_room(&self) -> bool {
+        self.tx.capacity() > 0
+    }
+
+    /// Queues a job; `false` when the queue is full (or the shadow thread
+    /// is gone) and the job was dropped, for the caller to count.
+    pub fn submit(&self, job: ShadowJob) -> bool {
+        self.tx.try_send(job).is_ok()
     }
 }
 
