@@ -3,9 +3,9 @@
 //! The proxy hands a job over with `try_send` once the primary's response
 //! headers are in, and never waits: a full queue drops the job and counts
 //! it. A queue already full when the request is sent drops the mirror
-//! then, before any copy is made. A dispatcher runs at most `concurrency` jobs at once; each sends the
-//! request copy to the candidate, waits for both bodies (bounded copies),
-//! compares them and records the outcome.
+//! then, before any copy is made. A dispatcher runs at most `concurrency`
+//! jobs at once; each sends the request copy to the candidate, waits for
+//! both bodies (bounded copies), compares them and records the outcome.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
