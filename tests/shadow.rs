@@ -347,9 +347,10 @@ async fn a_mirror_is_dropped_before_its_request_is_sent_when_the_queue_is_full()
     };
     let client = HttpClient::http1(proxy.addr);
     let pending = tokio::spawn(async move { client.get("/api/slow/1").await.status });
-    eventually("the slow route's mirror is dropped while its primary is held", || async {
-        dropped_of_slow().await == 1.0
-    })
+    eventually(
+        "the slow route's mirror is dropped while its primary is held",
+        || async { dropped_of_slow().await == 1.0 },
+    )
     .await;
     assert!(!pending.is_finished(), "the primary is still held");
     slow_monolith.release();
