@@ -125,7 +125,7 @@ pub(crate) async fn serve(
         .connections_parked
         .with_label_values(&[listener.label]);
     let (open, refusals) = (&listener.open, &listener.refusals);
-    let mut cached: Option<(ConnLimits, auto::Builder<TokioExecutor>)> = None;
+    let mut cached: Option<Arc<ConnShared>> = None;
     let proto = if listener.tls.is_some() {
         "https"
     } else {
@@ -151,12 +151,17 @@ pub(crate) async fn serve(
             refuse(stream, listener.tls.is_some(), refusals);
             continue;
         }
-        let builder = match &cached {
-            Some((for_limits, builder)) if *for_limits == limits => builder.clone(),
+        let conn_shared = match &cached {
+            Some(conn_shared) if conn_shared.limits == limits => conn_shared.clone(),
             _ => {
-                let builder = http_builder(&limits);
-                cached = Some((limits, builder.clone()));
-                builder
+                let conn_shared = Arc::new(ConnShared {
+                    builder: http_builder(&limits),
+                    limits,
+                    parked_gauge: parked_gauge.clone(),
+                    rejected: metrics.rejected.clone(),
+                });
+                cached = Some(conn_shared.clone());
+                conn_shared
             }
         };
         let _ = stream.set_nodelay(true);
@@ -165,12 +170,9 @@ pub(crate) async fn serve(
         let slot = Slot::take(open, &open_gauge);
         let service = ProxyService::new(shared.clone(), ConnInfo::new(peer, proto));
         let connection = Connection {
-            builder,
+            shared: conn_shared,
             service,
-            limits,
             stop: stop.clone(),
-            parked_gauge: parked_gauge.clone(),
-            rejected: metrics.rejected.clone(),
             _slot: slot,
         };
         match &listener.tls {
@@ -284,16 +286,23 @@ impl Drop for GaugeGuard<'_> {
     }
 }
 
-/// One accepted connection, before its protocol is known.
-struct Connection {
+/// What the connections of a listener share, made again only when the
+/// limits change: one reference count per connection rather than a copy
+/// of hyper's builder and of each series.
+struct ConnShared {
     builder: auto::Builder<TokioExecutor>,
-    service: ProxyService,
     limits: ConnLimits,
-    stop: watch::Receiver<bool>,
     /// `strangler_connections_parked` for this listener.
     parked_gauge: IntGauge,
     /// `strangler_rejected_requests_total`.
     rejected: IntCounterVec,
+}
+
+/// One accepted connection, before its protocol is known.
+struct Connection {
+    shared: Arc<ConnShared>,
+    service: ProxyService,
+    stop: watch::Receiver<bool>,
     _slot: Slot,
 }
 
@@ -302,7 +311,8 @@ impl Connection {
     /// a connection and says nothing is a slowloris in either case.
     async fn handshake(self, acceptor: TlsAcceptor, stream: TcpStream) {
         let peer = stream.peer_addr().ok();
-        match tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream)).await {
+        let deadline = self.shared.limits.header_read_timeout;
+        match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => {
                 let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
                 self.serve(tls, !is_h2).await;
@@ -320,7 +330,7 @@ impl Connection {
     where
         IO: AsyncRead + AsyncWrite + Readiness + Unpin + Send + 'static,
     {
-        let activity = Arc::new(ConnActivity::counting(self.rejected.clone()));
+        let activity = Arc::new(ConnActivity::counting(self.shared.rejected.clone()));
         let mut is_resumed = false;
         loop {
             let (home, mut parked) = oneshot::channel();
@@ -328,8 +338,8 @@ impl Connection {
                 io,
                 activity.clone(),
                 awaits_http1,
-                self.limits.max_header_bytes,
-                self.limits.header_read_timeout,
+                self.shared.limits.max_header_bytes,
+                self.shared.limits.header_read_timeout,
             );
             if awaits_http1 {
                 wire = wire.parkable(home);
@@ -345,8 +355,8 @@ impl Connection {
                 return;
             };
             io = back;
-            let keepalive_left = self.limits.keepalive_timeout.saturating_sub(quiet);
-            let _parked = GaugeGuard::inc(&self.parked_gauge);
+            let keepalive_left = self.shared.limits.keepalive_timeout.saturating_sub(quiet);
+            let _parked = GaugeGuard::inc(&self.shared.parked_gauge);
             tokio::select! {
                 ready = park::readable(&io) => {
                     if ready.is_err() {
@@ -372,7 +382,7 @@ impl Connection {
     {
         let service = self.service.clone();
         let tracker = activity.clone();
-        let connection = self.builder.serve_connection_with_upgrades(
+        let connection = self.shared.builder.serve_connection_with_upgrades(
             TokioIo::new(wire),
             hyper::service::service_fn(move |req| {
                 let in_flight = tracker.enter();
@@ -385,7 +395,7 @@ impl Connection {
         );
         // Boxed: a parked connection's task keeps none of hyper's state.
         let mut connection = Box::pin(connection);
-        let keepalive = self.limits.keepalive_timeout;
+        let keepalive = self.shared.limits.keepalive_timeout;
         let tick = PARK_AFTER.min(keepalive / 2).max(Duration::from_millis(1));
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
         let mut quiet = Duration::ZERO;
