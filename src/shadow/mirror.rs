@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::proxy::headers::X_STRANGLER_SHADOW;
 use crate::routing::RouteName;
 use crate::server::ShadowSettings;
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, UpstreamError};
 
 /// A job that has not finished by then (e.g. the client never read the
 /// primary body) ends as an error, freeing its slot.
@@ -311,8 +311,10 @@ impl Worker {
             .shadow_duration
             .with_label_values(&[route, "primary"])
             .observe(job.primary.latency.as_secs_f64());
-        let Ok((status, headers, body)) = candidate else {
-            return (Outcome::Error, Some(candidate_latency));
+        let (status, headers, body) = match candidate {
+            Ok(answer) => answer,
+            Err(Outcome::Skipped) => return (Outcome::Skipped, None),
+            Err(outcome) => return (outcome, Some(candidate_latency)),
         };
         self.metrics
             .shadow_duration
@@ -397,13 +399,21 @@ impl Worker {
 }
 
 /// Sends the mirrored request and reads the answer, body capped.
+/// How long after its deadline a timeout may be noticed before the shadow
+/// thread counts as having been kept off the CPU: timers fire within a
+/// millisecond or two on a thread that runs.
+const LATE_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Sends the mirror; on failure, the outcome to record.
 async fn send(
     upstream: &Upstream,
     job: &ShadowJob,
     body: Bytes,
     max_body_bytes: usize,
-) -> Result<(u16, HeaderMap, Bytes), ()> {
-    let uri = upstream.uri_for(&job.path_and_query).map_err(|_| ())?;
+) -> Result<(u16, HeaderMap, Bytes), Outcome> {
+    let uri = upstream
+        .uri_for(&job.path_and_query)
+        .map_err(|_| Outcome::Error)?;
     let mut request = Request::new(full(body));
     *request.method_mut() = job.method.clone();
     *request.uri_mut() = uri;
@@ -411,14 +421,32 @@ async fn send(
     request
         .headers_mut()
         .insert(&X_STRANGLER_SHADOW, HeaderValue::from_static("1"));
-    let response = upstream.send_mirror(request).await.map_err(|err| {
-        tracing::debug!(route = %job.route, error = %err, "shadow request failed");
-    })?;
+    let started = Instant::now();
+    let response = match upstream.send_mirror(request).await {
+        Ok(response) => response,
+        // Noticed long after its deadline: this thread was kept off the CPU
+        // (a busy host, and the shadow thread runs at a low priority), maybe
+        // before the request was even written. The candidate may well have
+        // answered in time: no verdict, rather than an error that would
+        // count against its match rate.
+        Err(UpstreamError::Timeout { after, .. }) if started.elapsed() > after + LATE_TIMEOUT => {
+            tracing::debug!(route = %job.route, late = ?started.elapsed() - after, "shadow request timed out late; the shadow thread was starved: skipped");
+            return Err(Outcome::Skipped);
+        }
+        Err(err) => {
+            tracing::debug!(route = %job.route, error = %err, "shadow request failed");
+            return Err(Outcome::Error);
+        }
+    };
     let (parts, body) = response.into_parts();
     let body = Limited::new(body, max_body_bytes)
         .collect()
         .await
-        .map_err(|_| ())?
+        .map_err(|_| Outcome::Error)?
         .to_bytes();
     Ok((parts.status.as_u16(), parts.headers, body))
 }
+
+#[cfg(test)]
+#[path = "mirror_tests.rs"]
+mod tests;

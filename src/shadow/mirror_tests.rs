@@ -1,0 +1,115 @@
+//! Tests of the mirror's candidate exchange.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+use crate::upstream::{Timeouts, UpstreamSettings};
+
+/// A candidate on loopback that answers every request at once.
+async fn prompt_candidate() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut head).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(answer).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn job_for(candidate: Arc<Upstream>) -> ShadowJob {
+    let (_, primary_body) = oneshot::channel();
+    ShadowJob {
+        route: "route".into(),
+        request_id: "id".into(),
+        method: Method::GET,
+        path_and_query: "/".into(),
+        headers: HeaderMap::new(),
+        body: RequestBody::Empty,
+        candidate,
+        secondary: None,
+        rules: Arc::new(CompareRules::default()),
+        max_body_bytes: 1024,
+        primary: PrimaryAnswer {
+            status: 200,
+            headers: HeaderMap::new(),
+            latency: Duration::ZERO,
+            body: primary_body,
+        },
+    }
+}
+
+fn candidate_at(addr: std::net::SocketAddr, response_timeout: Duration) -> Arc<Upstream> {
+    let settings = UpstreamSettings {
+        url: format!("http://{addr}").parse().expect("url"),
+        timeouts: Timeouts {
+            response: response_timeout,
+            ..Timeouts::default()
+        },
+        max_idle_connections: 4,
+        breaker: Default::default(),
+        budget: Default::default(),
+        health: None,
+        tls: None,
+    };
+    Upstream::start("candidate".into(), settings, &Metrics::new())
+}
+
+/// The shadow thread runs at a low priority: on a busy host it can be kept
+/// off the CPU past a mirror's deadline, even before the request is
+/// written. That timeout says nothing of the candidate (here it answers at
+/// once): no verdict, not an error against its match rate.
+#[test]
+fn a_timeout_noticed_long_after_its_deadline_is_no_verdict() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let outcome = runtime.block_on(async {
+        let candidate = candidate_at(prompt_candidate().await, Duration::from_millis(100));
+        let job = job_for(candidate.clone());
+        let exchange = tokio::spawn(async move {
+            send(&job.candidate, &job, Bytes::new(), 1024)
+                .await
+                .map(|(status, _, body)| (status, body))
+        });
+        // Let the exchange start (its deadline is set), then keep this, the
+        // only thread, busy past the deadline: the thread preempted.
+        tokio::task::yield_now().await;
+        std::thread::sleep(Duration::from_millis(600));
+        exchange.await.expect("exchange task")
+    });
+    assert_eq!(outcome, Err(Outcome::Skipped));
+}
+
+/// The same candidate on a thread that runs answers as usual.
+#[test]
+fn a_mirror_on_a_running_thread_gets_its_answer() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let outcome = runtime.block_on(async {
+        let candidate = candidate_at(prompt_candidate().await, Duration::from_secs(10));
+        let job = job_for(candidate.clone());
+        send(&candidate, &job, Bytes::new(), 1024)
+            .await
+            .map(|(status, _, body)| (status, body))
+    });
+    assert_eq!(outcome, Ok((200, Bytes::from_static(b"ok"))));
+}
