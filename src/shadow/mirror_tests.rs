@@ -32,6 +32,14 @@ async fn prompt_candidate() -> std::net::SocketAddr {
     addr
 }
 
+/// One thread, as the shadow thread has.
+fn one_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 fn job_for(candidate: Arc<Upstream>) -> ShadowJob {
     let (_, primary_body) = oneshot::channel();
     ShadowJob {
@@ -76,10 +84,7 @@ fn candidate_at(addr: std::net::SocketAddr, response_timeout: Duration) -> Arc<U
 /// once): no verdict, not an error against its match rate.
 #[test]
 fn a_timeout_noticed_long_after_its_deadline_is_no_verdict() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = one_thread_runtime();
     let outcome = runtime.block_on(async {
         let candidate = candidate_at(prompt_candidate().await, Duration::from_millis(100));
         let job = job_for(candidate.clone());
@@ -100,10 +105,7 @@ fn a_timeout_noticed_long_after_its_deadline_is_no_verdict() {
 /// The same candidate on a thread that runs answers as usual.
 #[test]
 fn a_mirror_on_a_running_thread_gets_its_answer() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = one_thread_runtime();
     let outcome = runtime.block_on(async {
         let candidate = candidate_at(prompt_candidate().await, Duration::from_secs(10));
         let job = job_for(candidate.clone());
