@@ -119,6 +119,7 @@ case "$MODE" in
     h2load "${LOAD_PROTO[@]}" -n 500 -c 10 -t 1 "$URL" >/dev/null
     callgrind_control -z "$SPID" >/dev/null 2>&1
     timeout 600 h2load "${LOAD_PROTO[@]}" -n "$REQUESTS" -c 10 -t 1 "$URL" | grep -E '^(finished|requests|status codes)' || true
+    rm -f "$OUT/shadow.txt"
     if [ "$SHADOW" != false ]; then
       curl -s "http://127.0.0.1:$((PORT + 2))/metrics" | grep '^strangler_shadow_requests_total' >"$OUT/shadow.txt" || true
     fi

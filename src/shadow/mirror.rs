@@ -398,13 +398,13 @@ impl Worker {
     }
 }
 
-/// Sends the mirrored request and reads the answer, body capped.
 /// How long after its deadline a timeout may be noticed before the shadow
 /// thread counts as having been kept off the CPU: timers fire within a
 /// millisecond or two on a thread that runs.
 const LATE_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// Sends the mirror; on failure, the outcome to record.
+/// Sends the mirrored request and reads the answer, body capped; on
+/// failure, the outcome to record.
 async fn send(
     upstream: &Upstream,
     job: &ShadowJob,
