@@ -181,6 +181,7 @@ SCENARIOS = [
     ("routes1k", "1,000 routes in the table"),
     ("h2", "HTTP/2 (h2load)"),
     ("logs", "access log on (+ metrics)"),
+    ("headers", "small GET, nginx and HAProxy adding strangler's headers"),
     ("shadow", "100% shadow / mirror to a 10x slower candidate"),
     ("rate-get", "small GET at a constant rate (oha, CO-corrected)"),
     ("rate-shadow", "shadow / mirror at a constant rate (oha, CO-corrected)"),
@@ -188,7 +189,7 @@ SCENARIOS = [
 # Which scenario gives the no-shadow baseline of a shadow scenario, and the
 # direct baseline of scenarios that have no direct run of their own.
 SHADOW_BASE = {"shadow": "get", "rate-shadow": "rate-get"}
-DIRECT_BASE = {"routes1k": "get", "logs": "get", "shadow": "get", "rate-shadow": "rate-get"}
+DIRECT_BASE = {"routes1k": "get", "logs": "get", "headers": "get", "shadow": "get", "rate-shadow": "rate-get"}
 
 
 def med(values):

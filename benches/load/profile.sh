@@ -16,6 +16,8 @@
 # --shadow-dropped: the same, but the candidate accepts mirrors and never
 #   answers, and the shadow queue is small: past the first few requests every
 #   mirror is dropped (the cost of a dropped mirror).
+# --64k: the upstream answers 64 KB instead of 2 bytes (run.sh's 64 KB
+#   response scenario).
 # --h2 (callgrind only): the clients speak HTTP/2 (h2load, 10 connections of
 #   10 streams each, as run.sh's HTTP/2 scenario) instead of HTTP/1.1.
 # Writes the raw profile and a summary to --out (default /tmp/strangler-profile).
@@ -30,6 +32,7 @@ OUT=/tmp/strangler-profile
 PORT=27190
 BIN="$ROOT/target/release/strangler"
 SHADOW=false
+BIG=false
 LOAD_PROTO=(--h1)
 CALL_GRAPH=()
 while [ $# -gt 0 ]; do
@@ -43,8 +46,9 @@ while [ $# -gt 0 ]; do
     --shadow) SHADOW=true; shift ;;
     --shadow-dropped) SHADOW=dropped; shift ;;
     --h2) LOAD_PROTO=(-m 10); shift ;;
+    --64k) BIG=true; shift ;;
     -g) CALL_GRAPH=(--call-graph dwarf,16384); shift ;;
-    *) echo "usage: $0 [callgrind|perf] [-n REQUESTS] [-d SECONDS] [--out DIR] [--bin PATH] [--shadow|--shadow-dropped] [--h2] [-g]" >&2; exit 2 ;;
+    *) echo "usage: $0 [callgrind|perf] [-n REQUESTS] [-d SECONDS] [--out DIR] [--bin PATH] [--shadow|--shadow-dropped] [--h2] [--64k] [-g]" >&2; exit 2 ;;
   esac
 done
 for tool in nginx h2load wrk curl; do command -v $tool >/dev/null || { echo "$tool missing" >&2; exit 1; }; done
@@ -75,7 +79,7 @@ http {
     keepalive_requests 100000000;
     client_body_temp_path $TMP/body; proxy_temp_path $TMP/proxy; fastcgi_temp_path $TMP/fcgi;
     uwsgi_temp_path $TMP/uwsgi; scgi_temp_path $TMP/scgi;
-    server { listen 127.0.0.1:$UP; location / { return 200 "ok"; } }
+    server { listen 127.0.0.1:$UP; root $TMP/www; location / { return 200 "ok"; } location = /64k { } }
     server { listen 127.0.0.1:$((PORT + 3)); location / { return 200 "ok"; } }
 }
 EOF
@@ -107,6 +111,9 @@ PIDS+=($!)
 
 ARGS=(run --routes "$TMP/routes" --listen "127.0.0.1:$PORT" --admin "127.0.0.1:$((PORT + 2))" --state-dir "$TMP/state" --workers 1)
 URL="http://127.0.0.1:$PORT/"
+mkdir -p "$TMP/www"
+head -c 65536 /dev/zero >"$TMP/www/64k"
+if [ "$BIG" = true ]; then URL="${URL}64k"; fi
 wait_up() { for _ in $(seq 1 300); do curl -s -o /dev/null --max-time 1 "$URL" && return 0; sleep 0.2; done; echo "strangler did not start" >&2; exit 1; }
 
 case "$MODE" in

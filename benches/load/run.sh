@@ -47,7 +47,7 @@ usage: $0 [options]
                          default when $ECHO_MODULE exists) or python (helpers.py)
       --candidate-nice N nice value of the slow candidate (default $CANDIDATE_NICE; 0: as the proxies)
       --idle N           idle keep-alive connections for the RSS test (default $IDLE_CONNS; 0 skips)
-      --only LIST        comma-separated scenarios: get,64k,close,upload,routes1k,h2,logs,shadow,rate-get,rate-shadow
+      --only LIST        comma-separated scenarios: get,64k,close,upload,routes1k,h2,logs,headers,shadow,rate-get,rate-shadow
       --port-base P      ports P..P+40 on 127.0.0.1 (default $PORT_BASE)
       --bin PATH         strangler binary (default target/release/strangler, built if absent)
       --baseline PATH    another strangler binary, measured as target `baseline` in the
@@ -84,7 +84,7 @@ done
 log() { printf '[load %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-ALL_SCENARIOS="get 64k close upload routes1k h2 logs shadow rate-get rate-shadow"
+ALL_SCENARIOS="get 64k close upload routes1k h2 logs headers shadow rate-get rate-shadow"
 SCENARIOS=$ALL_SCENARIOS
 if [ -n "$ONLY" ]; then
   SCENARIOS=${ONLY//,/ }
@@ -164,8 +164,8 @@ wait_http() { # URL NAME
 P=$PORT_BASE
 UP=$((P)); UP_H2=$((P + 1)); SLOW=$((P + 2))
 S_MAIN=$((P + 10)); S_1K=$((P + 12)); S_LOG=$((P + 14)); S_SHADOW=$((P + 16)); S_BASE=$((P + 18))
-N_MAIN=$((P + 20)); N_H2=$((P + 21)); N_1K=$((P + 22)); N_LOG=$((P + 23)); N_MIRROR=$((P + 24))
-H_MAIN=$((P + 30)); H_H2=$((P + 31)); H_1K=$((P + 32)); H_LOG=$((P + 33))
+N_MAIN=$((P + 20)); N_H2=$((P + 21)); N_1K=$((P + 22)); N_LOG=$((P + 23)); N_MIRROR=$((P + 24)); N_HDR=$((P + 25))
+H_MAIN=$((P + 30)); H_H2=$((P + 31)); H_1K=$((P + 32)); H_LOG=$((P + 33)); H_HDR=$((P + 34))
 ROUTE1K_PATH=/api/v1/svc0499/items/42
 
 # ------------------------------------------------------------ strangler
@@ -272,6 +272,25 @@ EOF
         access_log $TMP/px/access.log;
         location / { proxy_pass http://up; }
     }
+    # The headers strangler adds to every request, set the nginx way: the
+    # forwarding headers, a request id (to the backend and back to the
+    # client) and a traceparent; the client's Host passed on.
+    server {
+        listen 127.0.0.1:$N_HDR backlog=4096;
+        location / {
+            # proxy_set_header here replaces the server's list, not adds to it.
+            proxy_set_header Connection "";
+            proxy_set_header Host \$http_host;
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$http_host;
+            proxy_set_header Forwarded "for=\$remote_addr;proto=\$scheme;host=\\"\$http_host\\"";
+            proxy_set_header X-Request-Id \$request_id;
+            proxy_set_header traceparent "00-\$request_id-00f067aa0ba902b7-01";
+            add_header X-Request-Id \$request_id always;
+            proxy_pass http://up;
+        }
+    }
     server {
         listen 127.0.0.1:$N_MIRROR backlog=4096;
         location / { mirror /mirror; mirror_request_body off; proxy_pass http://up; }
@@ -327,6 +346,18 @@ frontend logs
     bind 127.0.0.1:$H_LOG backlog 4096
     log stdout format raw local0
     option httplog
+    default_backend be_up
+frontend headers
+    bind 127.0.0.1:$H_HDR backlog 4096
+    # The headers strangler adds to every request, set the HAProxy way.
+    unique-id-format %[rand,hex]%[rand,hex]
+    unique-id-header X-Request-Id
+    http-request set-header X-Forwarded-For %[src]
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header Forwarded "for=%[src];proto=http;host=\\"%[req.hdr(host)]\\""
+    http-request set-header traceparent "00-%[unique-id]-00f067aa0ba902b7-01"
+    http-after-response set-header X-Request-Id %[unique-id]
     default_backend be_up
 backend be_up
     server up 127.0.0.1:$UP
@@ -588,6 +619,10 @@ targets_of() {
       echo "strangler strangler-log wrk http://$u:$S_LOG/ $w"
       echo "nginx nginx-log wrk http://$u:$N_LOG/ $w"
       echo "haproxy haproxy-log wrk http://$u:$H_LOG/ $w" ;;
+    headers)
+      echo "strangler strangler wrk http://$u:$S_MAIN/ $w"
+      echo "nginx nginx-headers wrk http://$u:$N_HDR/ $w"
+      echo "haproxy haproxy-headers wrk http://$u:$H_HDR/ $w" ;;
     shadow)
       echo "strangler strangler-shadow wrk http://$u:$S_SHADOW/ $w"
       echo "nginx nginx-mirror wrk http://$u:$N_MIRROR/ $w" ;;
@@ -614,7 +649,7 @@ log "$runs runs per round x $ROUNDS rounds x ${DURATION}s: about $(( (runs * (DU
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # Warm-up: fill every pool, fault in every page; not recorded.
-for url in "$UP" "$S_MAIN" ${BASELINE:+"$S_BASE"} "$N_MAIN" "$H_MAIN" "$S_1K" "$N_1K" "$H_1K" "$S_LOG" "$N_LOG" "$H_LOG" "$S_SHADOW" "$N_MIRROR"; do
+for url in "$UP" "$S_MAIN" ${BASELINE:+"$S_BASE"} "$N_MAIN" "$H_MAIN" "$S_1K" "$N_1K" "$H_1K" "$S_LOG" "$N_LOG" "$H_LOG" "$N_HDR" "$H_HDR" "$S_SHADOW" "$N_MIRROR"; do
   timeout 20 wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$url/" >/dev/null 2>&1 || true
 done
 
