@@ -21,6 +21,11 @@ const POLL: Duration = Duration::from_millis(250);
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
 async fn get_json(client: &HttpClient, admin: SocketAddr, path: &str) -> Value {
+    let body = get_text(client, admin, path).await;
+    serde_json::from_str(&body).unwrap_or_else(|err| panic!("GET {path}: not JSON: {err}"))
+}
+
+async fn get_text(client: &HttpClient, admin: SocketAddr, path: &str) -> String {
     let uri = format!("http://{admin}{path}");
     let response = client
         .get(uri.parse().expect("valid URI"))
@@ -37,7 +42,7 @@ async fn get_json(client: &HttpClient, admin: SocketAddr, path: &str) -> Value {
         .await
         .expect("admin body")
         .to_bytes();
-    serde_json::from_slice(&body).unwrap_or_else(|err| panic!("GET {uri}: not JSON: {err}"))
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 fn migration<'v>(migrations: &'v Value, route: &str) -> &'v Value {
@@ -79,10 +84,18 @@ async fn demo_completes_the_good_migration_and_rolls_back_the_bad_one() {
         if is_done(&migrations) {
             break migrations;
         }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "not done after {DEADLINE:?}: {migrations:#}"
-        );
+        if started.elapsed() >= DEADLINE {
+            // What the shadows saw tells a slow machine from a wrong verdict.
+            let orders = get_json(&client, admin, "/api/shadow/diffs?route=orders").await;
+            let outcomes = get_text(&client, admin, "/metrics").await;
+            let outcomes: Vec<&str> = outcomes
+                .lines()
+                .filter(|l| l.starts_with("strangler_shadow_requests_total"))
+                .collect();
+            panic!(
+                "not done after {DEADLINE:?}: {migrations:#}\norders' diffs: {orders:#}\nshadow outcomes: {outcomes:#?}"
+            );
+        }
         tokio::time::sleep(POLL).await;
     };
     assert_eq!(migration(&migrations, "orders")["weight"], 1.0);
