@@ -8,6 +8,7 @@ mod head_check;
 mod head_timeout;
 mod listener;
 mod park;
+mod protocol;
 mod read_ahead;
 mod settings;
 mod sidecar;
@@ -175,12 +176,8 @@ pub async fn serve(
     let cert_watch = acceptor
         .as_ref()
         .map(|_| crate::tls::spawn_file_watch(reloader.clone()));
-    if let (Ok(proxy), Ok(admin)) = (listener.local_addr(), admin.local_addr()) {
-        let version = table.load().version.clone();
-        let tls = tls_listener.as_ref().and_then(|l| l.local_addr().ok());
-        tracing::info!(listen = %proxy, tls = ?tls, admin = %admin, %version, "strangler is serving");
-        warn_if_admin_exposed(admin);
-    }
+    let addresses = (listener.local_addr(), admin.local_addr());
+    let tls_addr = tls_listener.as_ref().and_then(|l| l.local_addr().ok());
     let admin_service = AdminService::new(metrics.clone(), reloader.clone(), migrations, mirror);
     let admin_task = tokio::spawn(serve_admin(admin, admin_service));
 
@@ -190,6 +187,13 @@ pub async fn serve(
         listeners.push(ClientListener::new(tcp, Some(acceptor), TLS_LISTENER));
     }
     let workers = Workers::start(config.workers, &listeners, &shared, &metrics, &stopped)?;
+    // Announced once every worker's socket listens: connections made on
+    // this line are spread over all of them, not only the first.
+    if let (Ok(proxy), Ok(admin)) = addresses {
+        let version = table.load().version.clone();
+        tracing::info!(listen = %proxy, tls = ?tls_addr, admin = %admin, %version, "strangler is serving");
+        warn_if_admin_exposed(admin);
+    }
     let accepting: Vec<_> = listeners
         .into_iter()
         .map(|l| {
