@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use prometheus::{IntCounterVec, IntGauge};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,7 +22,6 @@ use tokio_rustls::TlsAcceptor;
 
 use super::head_check::BODY_READ_BYTES;
 use super::park::{self, ConnActivity, Readiness, TrackedBody, PARK_AFTER};
-use super::protocol::{Builders, Serving};
 use super::settings::ConnLimits;
 use super::sidecar::Sidecar;
 use super::wire::WireIo;
@@ -156,7 +155,7 @@ pub(crate) async fn serve(
             Some(conn_shared) if conn_shared.limits == limits => conn_shared.clone(),
             _ => {
                 let conn_shared = Arc::new(ConnShared {
-                    builders: http_builders(&limits),
+                    builder: http_builder(&limits),
                     limits,
                     parked_gauge: parked_gauge.clone(),
                     rejected: metrics.rejected.clone(),
@@ -190,8 +189,9 @@ pub(crate) async fn serve(
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
 /// hyper's settings for a connection under `limits`.
-fn http_builders(limits: &ConnLimits) -> Builders {
-    let mut http1 = hyper::server::conn::http1::Builder::new();
+fn http_builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut http1 = builder.http1();
     http1
         .timer(TokioTimer::new())
         // `WireIo` keeps the head timeout instead (`server::head_timeout`):
@@ -207,8 +207,8 @@ fn http_builders(limits: &ConnLimits) -> Builders {
     if limits.max_headers != HYPER_DEFAULT_MAX_HEADERS {
         http1.max_headers(limits.max_headers);
     }
-    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    http2
+    builder
+        .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
@@ -218,7 +218,7 @@ fn http_builders(limits: &ConnLimits) -> Builders {
         // (h2) sends GOAWAY and closes the connection.
         .max_pending_accept_reset_streams(50)
         .max_local_error_reset_streams(100);
-    Builders { http1, http2 }
+    builder
 }
 
 /// Tells a refused client why, without reading its request, then closes.
@@ -290,7 +290,7 @@ impl Drop for GaugeGuard<'_> {
 /// limits change: one reference count per connection rather than a copy
 /// of hyper's builder and of each series.
 struct ConnShared {
-    builders: Builders,
+    builder: auto::Builder<TokioExecutor>,
     limits: ConnLimits,
     /// `strangler_connections_parked` for this listener.
     parked_gauge: IntGauge,
@@ -382,9 +382,8 @@ impl Connection {
     {
         let service = self.service.clone();
         let tracker = activity.clone();
-        let connection = Serving::new(
-            &self.shared.builders,
-            wire,
+        let connection = self.shared.builder.serve_connection_with_upgrades(
+            TokioIo::new(wire),
             hyper::service::service_fn(move |req| {
                 let in_flight = tracker.enter();
                 let call = hyper::service::Service::call(&service, req);
