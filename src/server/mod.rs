@@ -8,7 +8,6 @@ mod head_check;
 mod head_timeout;
 mod listener;
 mod park;
-mod protocol;
 mod read_ahead;
 mod settings;
 mod sidecar;
