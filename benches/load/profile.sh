@@ -16,6 +16,10 @@
 # --shadow-dropped: the same, but the candidate accepts mirrors and never
 #   answers, and the shadow queue is small: past the first few requests every
 #   mirror is dropped (the cost of a dropped mirror).
+# --close SECONDS (callgrind only): instead of -n requests on kept-alive
+#   connections, wrk with close.lua for SECONDS, a new client connection
+#   per request (run.sh's `close` scenario); the summary divides by the
+#   requests wrk completed.
 # --64k: the upstream answers 64 KB instead of 2 bytes (run.sh's 64 KB
 #   response scenario).
 # --h2 (callgrind only): the clients speak HTTP/2 (h2load, 10 connections of
@@ -33,6 +37,7 @@ PORT=27190
 BIN="$ROOT/target/release/strangler"
 SHADOW=false
 BIG=false
+CLOSE_SECONDS=
 LOAD_PROTO=(--h1)
 CALL_GRAPH=()
 while [ $# -gt 0 ]; do
@@ -47,8 +52,9 @@ while [ $# -gt 0 ]; do
     --shadow-dropped) SHADOW=dropped; shift ;;
     --h2) LOAD_PROTO=(-m 10); shift ;;
     --64k) BIG=true; shift ;;
+    --close) CLOSE_SECONDS=$2; shift 2 ;;
     -g) CALL_GRAPH=(--call-graph dwarf,16384); shift ;;
-    *) echo "usage: $0 [callgrind|perf] [-n REQUESTS] [-d SECONDS] [--out DIR] [--bin PATH] [--shadow|--shadow-dropped] [--h2] [--64k] [-g]" >&2; exit 2 ;;
+    *) echo "usage: $0 [callgrind|perf] [-n REQUESTS] [-d SECONDS] [--out DIR] [--bin PATH] [--shadow|--shadow-dropped] [--h2] [--64k] [--close SECONDS] [-g]" >&2; exit 2 ;;
   esac
 done
 for tool in nginx h2load wrk curl; do command -v $tool >/dev/null || { echo "$tool missing" >&2; exit 1; }; done
@@ -125,7 +131,12 @@ case "$MODE" in
     # Warm the pool, then count only the measured requests.
     h2load "${LOAD_PROTO[@]}" -n 500 -c 10 -t 1 "$URL" >/dev/null
     callgrind_control -z "$SPID" >/dev/null 2>&1
-    timeout 600 h2load "${LOAD_PROTO[@]}" -n "$REQUESTS" -c 10 -t 1 "$URL" | grep -E '^(finished|requests|status codes)' || true
+    if [ -n "$CLOSE_SECONDS" ]; then
+      REQUESTS=$(wrk -t1 -c10 -d"${CLOSE_SECONDS}s" -s "$HERE/close.lua" "$URL" | awk '/requests in/ {print $1}')
+      echo "wrk with close.lua: $REQUESTS requests"
+    else
+      timeout 600 h2load "${LOAD_PROTO[@]}" -n "$REQUESTS" -c 10 -t 1 "$URL" | grep -E '^(finished|requests|status codes)' || true
+    fi
     rm -f "$OUT/shadow.txt"
     if [ "$SHADOW" != false ]; then
       curl -s "http://127.0.0.1:$((PORT + 2))/metrics" | grep '^strangler_shadow_requests_total' >"$OUT/shadow.txt" || true
