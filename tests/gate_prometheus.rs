@@ -7,12 +7,14 @@
 //! they did nothing and pass. The unreachable-Prometheus and `check` tests
 //! need no server and always run.
 
+#[path = "support/prometheus.rs"]
+mod prometheus_support;
 mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +23,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_support::{free_addr, prometheus_binary, Prometheus};
 use serde_json::Value;
 use support::{routes_file, FakeBackend, HttpClient, TestProxy};
 use tokio::net::TcpListener;
@@ -29,8 +32,6 @@ use tokio::sync::oneshot;
 /// Longest wait for a migration to reach the state a test expects. A
 /// safety net against a hang, never an assertion on speed.
 const DEADLINE: Duration = Duration::from_secs(90);
-/// Longest wait for Prometheus to start.
-const START_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The KPI of the business checks: the payment success ratio over the last
 /// five seconds (five scrapes), as a service would export it.
@@ -90,110 +91,6 @@ impl Exporter {
             }
         });
         Exporter { addr, _stop: stop }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// A Prometheus server
-
-/// A Prometheus server in a child process, scraping its targets every
-/// second; killed when dropped.
-struct Prometheus {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn prometheus_binary() -> Option<PathBuf> {
-    let found = std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join("prometheus"))
-        .find(|path| path.is_file());
-    if found.is_none() {
-        eprintln!("SKIPPED: `prometheus` is not on PATH (Debian package `prometheus`; CI installs it in .ci/run)");
-    }
-    found
-}
-
-/// A free loopback port: bound and released at once. Prometheus is told
-/// its address before it starts, so that route files can name it.
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
-}
-
-impl Prometheus {
-    /// Starts Prometheus on `addr`, scraping `targets` every second, and
-    /// waits until it is ready.
-    async fn start(binary: &Path, addr: SocketAddr, targets: &[SocketAddr]) -> Prometheus {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: test\n    static_configs:\n      - targets: [{}]\n",
-            targets.join(", ")
-        );
-        let config_path = dir.path().join("prometheus.yml");
-        std::fs::write(&config_path, config).expect("write prometheus.yml");
-        let log = dir.path().join("prometheus.log");
-        let log_file = std::fs::File::create(&log).expect("create prometheus.log");
-        let child = Command::new(binary)
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("log file handle"))
-            .stderr(log_file)
-            .spawn()
-            .expect("start prometheus");
-        let prometheus = Prometheus {
-            child,
-            addr,
-            log,
-            _dir: dir,
-        };
-        let client = HttpClient::http1(addr);
-        let started = Instant::now();
-        loop {
-            let ready = client
-                .request(Method::GET, "/-/ready")
-                .body(support::empty())
-                .expect("request");
-            if client
-                .try_send(ready)
-                .await
-                .is_ok_and(|reply| reply.status == 200)
-            {
-                return prometheus;
-            }
-            assert!(
-                started.elapsed() < START_DEADLINE,
-                "Prometheus not ready after {START_DEADLINE:?}:\n{}",
-                prometheus.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
     }
 }
 
@@ -305,7 +202,7 @@ async fn a_healthy_kpi_lets_the_migration_complete() {
         return;
     };
     let exporter = Exporter::start(99).await;
-    let prometheus = Prometheus::start(&binary, free_addr(), &[exporter.addr]).await;
+    let prometheus = Prometheus::start(&binary, free_addr(), "test", &[exporter.addr], &[]).await;
     let (monolith, new) = (
         FakeBackend::start("{\"id\":7}").await,
         FakeBackend::start("{\"id\":7}").await,
@@ -343,7 +240,7 @@ async fn a_kpi_below_its_minimum_rolls_back() {
         return;
     };
     let exporter = Exporter::start(90).await;
-    let prometheus = Prometheus::start(&binary, free_addr(), &[exporter.addr]).await;
+    let prometheus = Prometheus::start(&binary, free_addr(), "test", &[exporter.addr], &[]).await;
     let (monolith, new) = (
         FakeBackend::start("{\"id\":7}").await,
         FakeBackend::start("{\"id\":7}").await,
@@ -480,7 +377,9 @@ impl Fleet {
         let prometheus = Prometheus::start(
             binary,
             prometheus_addr,
+            "test",
             &[replicas[0].admin_addr, replicas[1].admin_addr],
+            &[],
         )
         .await;
         Fleet {

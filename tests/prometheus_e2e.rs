@@ -8,21 +8,22 @@
 //! `.ci/run`, so there the test always runs. Where `prometheus` is missing
 //! the test prints why it did nothing and passes.
 
+#[path = "support/prometheus.rs"]
+mod prometheus_support;
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use support::{routes_file, FakeBackend, HttpClient, TestProxy};
+use prometheus_support::{free_addr, prometheus_binary, Prometheus};
+use support::{routes_file, FakeBackend, TestProxy};
 
 /// Longest wait for Prometheus to have scraped enough for every core panel.
 const DATA_DEADLINE: Duration = Duration::from_secs(90);
-/// Longest wait for Prometheus to start.
-const START_DEADLINE: Duration = Duration::from_secs(30);
 /// Pause between two looks at Prometheus (it scrapes every second).
 const POLL: Duration = Duration::from_millis(500);
 
@@ -43,48 +44,6 @@ const CORE_RECORDS: &[&str] = &[
     "route:strangler_shadow_requests:match_ratio_rate1m",
 ];
 
-/// A Prometheus server in a child process; killed when dropped.
-struct Prometheus {
-    child: Child,
-    client: HttpClient,
-    log: PathBuf,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Prometheus {
-    /// Its log, to explain a failure.
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    /// `/api/v1/query` at the current time. Panics unless the API says
-    /// `success`, which it does only for valid PromQL.
-    async fn query(&self, promql: &str) -> Vec<Value> {
-        let reply = self
-            .client
-            .get(&format!("/api/v1/query?query={}", percent_encode(promql)))
-            .await;
-        let body: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
-        assert_eq!(
-            body["status"], "success",
-            "query refused ({}): {promql}\n{body}",
-            reply.status
-        );
-        body["data"]["result"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-}
-
 /// Aborts the traffic task when the test ends, however it ends.
 struct Traffic(JoinHandle<()>);
 
@@ -92,23 +51,6 @@ impl Drop for Traffic {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-fn on_path(program: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(program))
-        .find(|path| path.is_file())
-}
-
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Every dashboard query as (panel title, query id, PromQL), variables
@@ -143,77 +85,13 @@ fn dashboard_queries(repo: &Path) -> Vec<(String, String, String)> {
     queries
 }
 
-/// Starts Prometheus on a free loopback port, scraping `target` every
-/// second, with the shipped recording and alerting rules.
-async fn start_prometheus(
-    binary: &Path,
-    repo: &Path,
-    dir: &Path,
-    target: std::net::SocketAddr,
-) -> Prometheus {
-    let rules = repo.join("deploy/prometheus");
-    let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-         rule_files:\n  - {}\n  - {}\n\
-         scrape_configs:\n  - job_name: strangler\n    static_configs:\n      - targets: [\"{target}\"]\n",
-        rules.join("recording.rules.yml").display(),
-        rules.join("alerts.rules.yml").display(),
-    );
-    let config_path = dir.join("prometheus.yml");
-    std::fs::write(&config_path, config).expect("write prometheus.yml");
-    // Bound and released at once; nothing else on loopback takes it in between.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port");
-    let log = dir.join("prometheus.log");
-    let log_file = std::fs::File::create(&log).expect("create prometheus.log");
-    let child = Command::new(binary)
-        .arg(format!("--config.file={}", config_path.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={addr}"))
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().expect("log file handle"))
-        .stderr(log_file)
-        .spawn()
-        .expect("start prometheus");
-    let prometheus = Prometheus {
-        child,
-        client: HttpClient::http1(addr),
-        log,
-    };
-
-    let started = Instant::now();
-    loop {
-        let ready = prometheus
-            .client
-            .request(http::Method::GET, "/-/ready")
-            .body(support::empty())
-            .expect("request");
-        if let Ok(reply) = prometheus.client.try_send(ready).await {
-            if reply.status == 200 {
-                return prometheus;
-            }
-        }
-        assert!(
-            started.elapsed() < START_DEADLINE,
-            "Prometheus not ready after {START_DEADLINE:?}:\n{}",
-            prometheus.log_tail()
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 /// Every dashboard query is valid PromQL for a real Prometheus scraping the
 /// proxy, and the core panels (request rate, failure ratio, p99, shadow
 /// match rate, migration weight) and recording rules return data. The
 /// shipped rules load and evaluate without error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_queries_are_valid_and_core_panels_have_data() {
-    let Some(binary) = on_path("prometheus") else {
-        eprintln!("SKIPPED: `prometheus` is not on PATH (Debian package `prometheus`; CI installs it in .ci/run)");
+    let Some(binary) = prometheus_binary() else {
         return;
     };
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -277,8 +155,20 @@ async fn dashboard_queries_are_valid_and_core_panels_have_data() {
         }
     }));
 
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let prometheus = start_prometheus(&binary, &repo, dir.path(), proxy.admin_addr).await;
+    // With the shipped recording and alerting rules; the alerts match
+    // `up{job="strangler"}`.
+    let rules = repo.join("deploy/prometheus");
+    let prometheus = Prometheus::start(
+        &binary,
+        free_addr(),
+        "strangler",
+        &[proxy.admin_addr],
+        &[
+            rules.join("recording.rules.yml"),
+            rules.join("alerts.rules.yml"),
+        ],
+    )
+    .await;
 
     let mut expected: Vec<(&str, &str)> = CORE_PANELS
         .iter()
@@ -316,7 +206,7 @@ async fn dashboard_queries_are_valid_and_core_panels_have_data() {
         eprintln!("ok: {title} ({ref_id})");
     }
 
-    let reply = prometheus.client.get("/api/v1/rules").await;
+    let reply = prometheus.client().get("/api/v1/rules").await;
     let rules: Value = serde_json::from_slice(&reply.body).expect("JSON from /api/v1/rules");
     let groups = rules["data"]["groups"].as_array().expect("rule groups");
     assert!(
