@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Limited};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::compare::{compare, Answer, CompareRules};
+use super::stall::{StallWatch, STALL};
 use super::store::{excerpt, redacted_headers, DiffRecord, DiffStore, FieldDiff};
 use super::tee::Copied;
 use crate::body::full;
@@ -160,8 +161,10 @@ const BATCH_TICK: Duration = Duration::from_millis(1);
 
 async fn dispatch(mut rx: mpsc::Receiver<ShadowJob>, worker: Arc<Worker>, concurrency: usize) {
     let slots = Arc::new(Semaphore::new(concurrency));
+    // On this thread: it is the one whose stalls the watch must see.
+    let (stalls, _ticking) = StallWatch::start();
     while let Some(job) = rx.recv().await {
-        start_job(job, &slots, &worker).await;
+        start_job(job, &slots, &worker, &stalls).await;
         loop {
             tokio::time::sleep(BATCH_TICK).await;
             let mut has_taken = false;
@@ -169,7 +172,7 @@ async fn dispatch(mut rx: mpsc::Receiver<ShadowJob>, worker: Arc<Worker>, concur
                 match rx.try_recv() {
                     Ok(job) => {
                         has_taken = true;
-                        start_job(job, &slots, &worker).await;
+                        start_job(job, &slots, &worker, &stalls).await;
                     }
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => return,
@@ -183,7 +186,12 @@ async fn dispatch(mut rx: mpsc::Receiver<ShadowJob>, worker: Arc<Worker>, concur
 }
 
 /// Runs `job` once a slot is free (a queue over `concurrency` waits here).
-async fn start_job(job: ShadowJob, slots: &Arc<Semaphore>, worker: &Arc<Worker>) {
+async fn start_job(
+    job: ShadowJob,
+    slots: &Arc<Semaphore>,
+    worker: &Arc<Worker>,
+    stalls: &Arc<StallWatch>,
+) {
     let Ok(slot) = slots.clone().acquire_owned().await else {
         return;
     };
@@ -195,7 +203,8 @@ async fn start_job(job: ShadowJob, slots: &Arc<Semaphore>, worker: &Arc<Worker>)
     // One task per job, its future boxed: the task's cell stays small, and
     // spawning copies it whole.
     let worker = worker.clone();
-    let run = Box::pin(async move { worker.run(job).await });
+    let in_flight = stalls.in_flight();
+    let run = Box::pin(async move { worker.run(job, in_flight.watch()).await });
     tokio::spawn(async move {
         let mut outcome = outcome;
         outcome.result = Some(match tokio::time::timeout(JOB_DEADLINE, run).await {
@@ -279,7 +288,7 @@ impl Worker {
         }
     }
 
-    async fn run(&self, mut job: ShadowJob) -> (Outcome, Option<Duration>) {
+    async fn run(&self, mut job: ShadowJob, stalls: &StallWatch) -> (Outcome, Option<Duration>) {
         let request_body = match std::mem::replace(&mut job.body, RequestBody::Empty) {
             RequestBody::Empty => Bytes::new(),
             RequestBody::Teed(copied) => match copied.await {
@@ -293,11 +302,12 @@ impl Worker {
             &job,
             request_body.clone(),
             job.max_body_bytes,
+            stalls,
         )
         .await;
         let candidate_latency = started.elapsed();
         let secondary = match &job.secondary {
-            Some(upstream) => send(upstream, &job, request_body, job.max_body_bytes)
+            Some(upstream) => send(upstream, &job, request_body, job.max_body_bytes, stalls)
                 .await
                 .ok(),
             None => None,
@@ -398,11 +408,6 @@ impl Worker {
     }
 }
 
-/// How long after its deadline a timeout may be noticed before the shadow
-/// thread counts as having been kept off the CPU: timers fire within a
-/// millisecond or two on a thread that runs.
-const LATE_TIMEOUT: Duration = Duration::from_millis(250);
-
 /// Sends the mirrored request and reads the answer, body capped; on
 /// failure, the outcome to record.
 async fn send(
@@ -410,6 +415,7 @@ async fn send(
     job: &ShadowJob,
     body: Bytes,
     max_body_bytes: usize,
+    stalls: &StallWatch,
 ) -> Result<(u16, HeaderMap, Bytes), Outcome> {
     let uri = upstream
         .uri_for(&job.path_and_query)
@@ -424,13 +430,15 @@ async fn send(
     let started = Instant::now();
     let response = match upstream.send_mirror(request).await {
         Ok(response) => response,
-        // Noticed long after its deadline: this thread was kept off the CPU
-        // (a busy host, and the shadow thread runs at a low priority), maybe
-        // before the request was even written. The candidate may well have
-        // answered in time: no verdict, rather than an error that would
-        // count against its match rate.
-        Err(UpstreamError::Timeout { after, .. }) if started.elapsed() > after + LATE_TIMEOUT => {
-            tracing::debug!(route = %job.route, late = ?started.elapsed() - after, "shadow request timed out late; the shadow thread was starved: skipped");
+        // This thread was kept off the CPU while the mirror was in flight
+        // (a busy host, and the shadow thread runs at a low priority),
+        // maybe before the request was even written. The candidate may
+        // well have answered in time: no verdict, rather than an error that
+        // would count against its match rate.
+        Err(UpstreamError::Timeout { after, .. })
+            if started.elapsed() > after + STALL || stalls.stalled_since(started) =>
+        {
+            tracing::debug!(route = %job.route, late = ?started.elapsed().saturating_sub(after), "shadow request timed out while the shadow thread was starved: skipped");
             return Err(Outcome::Skipped);
         }
         Err(err) => {

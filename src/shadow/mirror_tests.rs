@@ -87,12 +87,7 @@ fn a_timeout_noticed_long_after_its_deadline_is_no_verdict() {
     let runtime = one_thread_runtime();
     let outcome = runtime.block_on(async {
         let candidate = candidate_at(prompt_candidate().await, Duration::from_millis(100));
-        let job = job_for(candidate.clone());
-        let exchange = tokio::spawn(async move {
-            send(&job.candidate, &job, Bytes::new(), 1024)
-                .await
-                .map(|(status, _, body)| (status, body))
-        });
+        let exchange = spawn_exchange(job_for(candidate));
         // Let the exchange start (its deadline is set), then keep this, the
         // only thread, busy past the deadline: the thread preempted.
         tokio::task::yield_now().await;
@@ -108,10 +103,72 @@ fn a_mirror_on_a_running_thread_gets_its_answer() {
     let runtime = one_thread_runtime();
     let outcome = runtime.block_on(async {
         let candidate = candidate_at(prompt_candidate().await, Duration::from_secs(10));
-        let job = job_for(candidate.clone());
-        send(&candidate, &job, Bytes::new(), 1024)
+        spawn_exchange(job_for(candidate))
             .await
-            .map(|(status, _, body)| (status, body))
+            .expect("exchange task")
     });
     assert_eq!(outcome, Ok((200, Bytes::from_static(b"ok"))));
+}
+
+/// A stall that ends before the mirror's deadline, which then fires on
+/// time: the request may have waited out the stall unwritten, so the
+/// timeout is no verdict either.
+#[test]
+fn a_timeout_after_a_stall_is_no_verdict() {
+    let runtime = one_thread_runtime();
+    let outcome = runtime.block_on(async {
+        let candidate = candidate_at(silent_candidate().await, STALL * 5);
+        let exchange = spawn_exchange(job_for(candidate));
+        tokio::task::yield_now().await;
+        std::thread::sleep(STALL * 3);
+        exchange.await.expect("exchange task")
+    });
+    assert_eq!(outcome, Err(Outcome::Skipped));
+}
+
+/// A candidate that never answers, on a thread that runs: an error.
+#[test]
+fn a_timeout_on_a_running_thread_is_an_error() {
+    let runtime = one_thread_runtime();
+    let outcome = runtime.block_on(async {
+        let candidate = candidate_at(silent_candidate().await, STALL * 5);
+        spawn_exchange(job_for(candidate))
+            .await
+            .expect("exchange task")
+    });
+    assert_eq!(outcome, Err(Outcome::Error));
+}
+
+/// Sends `job`'s mirror in a task of its own, with a stall watch on this
+/// runtime, as the dispatcher does.
+fn spawn_exchange(job: ShadowJob) -> tokio::task::JoinHandle<Result<(u16, Bytes), Outcome>> {
+    let (stalls, ticking) = StallWatch::start();
+    let in_flight = stalls.in_flight();
+    tokio::spawn(async move {
+        let _ticking = ticking;
+        send(&job.candidate, &job, Bytes::new(), 1024, in_flight.watch())
+            .await
+            .map(|(status, _, body)| (status, body))
+    })
+}
+
+/// A candidate on loopback that reads requests and never answers.
+async fn silent_candidate() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut head).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
 }

@@ -4,7 +4,8 @@
 //! `mirror` queues and runs the jobs, `tee` keeps bounded copies of the
 //! bodies as they stream, `compare` tells real differences from noise,
 //! `store` keeps recent mismatches for the admin API, `priority` puts
-//! the shadow thread behind the client path.
+//! the shadow thread behind the client path, and `stall` tells when that
+//! thread was kept off the CPU.
 
 pub mod compare;
 pub mod decode;
@@ -12,6 +13,7 @@ pub mod fieldpath;
 pub mod mirror;
 pub mod policy;
 mod priority;
+mod stall;
 pub mod store;
 pub mod tee;
 
