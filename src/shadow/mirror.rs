@@ -435,10 +435,8 @@ async fn send(
         // maybe before the request was even written. The candidate may
         // well have answered in time: no verdict, rather than an error that
         // would count against its match rate.
-        Err(UpstreamError::Timeout { after, .. })
-            if started.elapsed() > after + STALL || stalls.stalled_since(started) =>
-        {
-            tracing::debug!(route = %job.route, late = ?started.elapsed().saturating_sub(after), "shadow request timed out while the shadow thread was starved: skipped");
+        Err(err) if timed_out_in_stall(&err, started, stalls) => {
+            tracing::debug!(route = %job.route, error = %err, "shadow request timed out while the shadow thread was starved: skipped");
             return Err(Outcome::Skipped);
         }
         Err(err) => {
@@ -453,6 +451,18 @@ async fn send(
         .map_err(|_| Outcome::Error)?
         .to_bytes();
     Ok((parts.status.as_u16(), parts.headers, body))
+}
+
+/// Whether `err` is a timeout that a stall of this thread since `started`
+/// may have caused: noticed long after its deadline, or with a stall seen
+/// while the mirror was in flight.
+fn timed_out_in_stall(err: &UpstreamError, started: Instant, stalls: &StallWatch) -> bool {
+    if !err.is_timeout() {
+        return false;
+    }
+    let noticed_late =
+        matches!(err, UpstreamError::Timeout { after, .. } if started.elapsed() > *after + STALL);
+    noticed_late || stalls.stalled_since(started)
 }
 
 #[cfg(test)]

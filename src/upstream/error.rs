@@ -72,6 +72,18 @@ impl UpstreamError {
         )
     }
 
+    /// Whether a deadline ran out: no answer in time, or no connection.
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            UpstreamError::Timeout { .. } => true,
+            UpstreamError::Connect { source, .. } => matches!(
+                source.downcast_ref::<ExchangeError>(),
+                Some(ExchangeError::ConnectTimeout(_))
+            ),
+            _ => false,
+        }
+    }
+
     pub fn backend(&self) -> &BackendName {
         match self {
             UpstreamError::Connect { backend, .. }
@@ -127,5 +139,31 @@ impl UpstreamError {
             backend,
             source: Box::new(err),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classified(err: ExchangeError) -> UpstreamError {
+        UpstreamError::classify(&BackendName::from("svc"), err)
+    }
+
+    #[test]
+    fn a_connect_that_ran_out_of_time_is_a_timeout() {
+        let err = classified(ExchangeError::ConnectTimeout(Duration::from_secs(1)));
+        assert!(matches!(err, UpstreamError::Connect { .. }));
+        assert!(err.is_timeout());
+    }
+
+    #[test]
+    fn a_refused_connect_is_not_a_timeout() {
+        let err = classified(ExchangeError::Connect {
+            addr: "127.0.0.1:9".parse().expect("address"),
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        });
+        assert!(matches!(err, UpstreamError::Connect { .. }));
+        assert!(!err.is_timeout());
     }
 }
