@@ -437,6 +437,7 @@ async fn send(
         // would count against its match rate.
         Err(err) if timed_out_in_stall(&err, started, stalls) => {
             tracing::debug!(route = %job.route, error = %err, "shadow request timed out while the shadow thread was starved: skipped");
+            stalls.count_skip();
             return Err(Outcome::Skipped);
         }
         Err(err) => {

@@ -21,6 +21,8 @@ const TICK: Duration = Duration::from_millis(50);
 pub(super) const STALL: Duration = Duration::from_millis(100);
 /// `due_us` when no mirror is in flight and the watch sleeps.
 const IDLE: u64 = u64::MAX;
+/// Least time between two warnings of mirrors skipped for stalls.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 pub(super) struct StallWatch {
     origin: Instant,
@@ -30,6 +32,10 @@ pub(super) struct StallWatch {
     due_us: AtomicU64,
     in_flight: AtomicUsize,
     wake: Notify,
+    /// Mirrors skipped for a stall since the last warning.
+    skipped: AtomicU64,
+    /// When the last warning was logged, in microseconds from `origin`; 0: never.
+    warned_us: AtomicU64,
 }
 
 /// Held by a mirror in flight: the watch ticks while any is held.
@@ -66,6 +72,8 @@ impl StallWatch {
             due_us: AtomicU64::new(IDLE),
             in_flight: AtomicUsize::new(0),
             wake: Notify::new(),
+            skipped: AtomicU64::new(0),
+            warned_us: AtomicU64::new(0),
         });
         let ticking = Ticking(tokio::spawn(tick(watch.clone())));
         (watch, ticking)
@@ -91,6 +99,37 @@ impl StallWatch {
         let overdue = due != IDLE && now > due + STALL.as_micros() as u64;
         let last_end = self.last_stall_end_us.load(Ordering::Acquire);
         overdue || (last_end != 0 && last_end >= self.micros(since))
+    }
+
+    /// Counts a mirror skipped for a stall. An operator sees only
+    /// `skipped` counts otherwise, and a migration that stays in its shadow
+    /// stage for want of comparisons: at most once a minute, the log says
+    /// why and what to change.
+    pub(super) fn count_skip(&self) {
+        if let Some(skipped) = self.skips_to_report(Instant::now()) {
+            tracing::warn!(
+                skipped,
+                "the shadow thread was kept off the CPU while mirrors were in flight: their timeouts \
+                 count as `skipped`, not against the candidate. If other work keeps this host's \
+                 cores busy, give the thread a larger share with `server.shadow.nice` (10, or 0 \
+                 for the workers' own priority; the default, idle, gets only unused CPU)"
+            );
+        }
+    }
+
+    /// The skips to report now, if a warning is due: the first one, then
+    /// no more often than `WARN_EVERY`.
+    fn skips_to_report(&self, now: Instant) -> Option<u64> {
+        self.skipped.fetch_add(1, Ordering::AcqRel);
+        let now = self.micros(now).max(1);
+        let warned = self.warned_us.load(Ordering::Acquire);
+        if warned != 0 && now < warned + WARN_EVERY.as_micros() as u64 {
+            return None;
+        }
+        self.warned_us
+            .compare_exchange(warned, now, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        Some(self.skipped.swap(0, Ordering::AcqRel))
     }
 
     fn arm(&self, now: Instant) {
@@ -177,6 +216,24 @@ mod tests {
             (watch.stalled_since(before), watch.stalled_since(after))
         });
         assert_eq!((before, after), (true, false));
+    }
+
+    /// The first skip is reported at once; the next ones together, once
+    /// `WARN_EVERY` has passed.
+    #[test]
+    fn skips_are_reported_at_most_once_per_interval() {
+        let runtime = one_thread_runtime();
+        let reports = runtime.block_on(async {
+            let (watch, _ticking) = StallWatch::start();
+            let now = Instant::now();
+            [
+                watch.skips_to_report(now),
+                watch.skips_to_report(now + WARN_EVERY / 2),
+                watch.skips_to_report(now + WARN_EVERY / 2),
+                watch.skips_to_report(now + WARN_EVERY),
+            ]
+        });
+        assert_eq!(reports, [Some(1), None, None, Some(3)]);
     }
 
     /// No mirror in flight: the watch does not tick, and nothing blocks
