@@ -9,6 +9,16 @@ use crate::upstream::{Timeouts, UpstreamSettings};
 
 /// A candidate on loopback that answers every request at once.
 async fn prompt_candidate() -> std::net::SocketAddr {
+    candidate_answering(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await
+}
+
+/// A candidate on loopback that reads requests and never answers.
+async fn silent_candidate() -> std::net::SocketAddr {
+    candidate_answering(b"").await
+}
+
+/// A candidate on loopback that writes `answer` for every read.
+async fn candidate_answering(answer: &'static [u8]) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -18,11 +28,7 @@ async fn prompt_candidate() -> std::net::SocketAddr {
             tokio::spawn(async move {
                 let mut head = [0u8; 4096];
                 while let Ok(n) = stream.read(&mut head).await {
-                    if n == 0 {
-                        break;
-                    }
-                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                    if stream.write_all(answer).await.is_err() {
+                    if n == 0 || stream.write_all(answer).await.is_err() {
                         break;
                     }
                 }
@@ -150,25 +156,4 @@ fn spawn_exchange(job: ShadowJob) -> tokio::task::JoinHandle<Result<(u16, Bytes)
             .await
             .map(|(status, _, body)| (status, body))
     })
-}
-
-/// A candidate on loopback that reads requests and never answers.
-async fn silent_candidate() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = [0u8; 4096];
-                while let Ok(n) = stream.read(&mut head).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
